@@ -1,0 +1,106 @@
+"""What every memory core shares: argument checks, batch_first, default state and the reset convention.
+
+Reset convention (urlstm.md section 4): ``reset[t, b]`` True means observation t of element b starts
+a new episode; before step t consumes ``x[t]`` that element's state is replaced by the initial state
+(zeros), i.e. ``state = state * keep[t]`` with ``keep = ~reset``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+State = tuple[Tensor, ...]
+
+
+def check_size(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+class CoreMixin:
+    """Mixed into an ``nn.Module``; the subclass sets ``state_size`` and implements ``_scan``.
+
+    ``_scan(x, state, keep) -> (y, state)`` runs the time-major sequence x [T, B, D] from the
+    state tuple (each [num_layers, B, H]), with ``keep`` [T, B, 1] (1.0 keeps, 0.0 resets) or None.
+    """
+
+    state_size: int = 2  # tensors in the state tuple: (h, c) for LSTM-like, (h,) for GRU-like
+    input_size: int
+    hidden_size: int
+    num_layers: int
+    batch_first: bool
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None,
+                      dtype: torch.dtype | None = None) -> State:
+        """Zeros: a tuple of ``state_size`` tensors [num_layers, B, H]."""
+        ref = next(self.parameters(), None)
+        device = device if device is not None else (ref.device if ref is not None else None)
+        dtype = dtype or (ref.dtype if ref is not None else torch.get_default_dtype())
+        shape = (self.num_layers, batch_size, self.hidden_size)
+        return tuple(torch.zeros(shape, device=device, dtype=dtype) for _ in range(self.state_size))
+
+    def forward(self, x: Tensor, state: State | Tensor | None = None, reset: Tensor | None = None):
+        """Run a sequence.
+
+        Args:
+            x: [T, B, D] (or [B, T, D] when ``batch_first``).
+            state: tuple of [num_layers, B, H] tensors, or None for zeros. A bare tensor is taken
+                as ``(h,)`` and a bare tensor is returned, as torch.nn.GRU does.
+            reset: [T, B] (or [B, T]) bool, True where observation t starts a new episode.
+        Returns:
+            y [T, B, H] (or [B, T, H]) and the final state (same structure as given).
+        """
+        if not isinstance(x, Tensor) or x.dim() != 3:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"input must have shape [T, B, D] (or [B, T, D] with batch_first), got {shape}")
+        if self.batch_first:
+            x = x.transpose(0, 1)
+            reset = reset.transpose(0, 1) if reset is not None else None
+        y, state = self._run(x, state, reset)
+        return (y.transpose(0, 1) if self.batch_first else y), state
+
+    def step(self, x: Tensor, state: State | Tensor | None = None, reset: Tensor | None = None):
+        """One time step for acting: x [B, D], reset [B] bool; returns y [B, H] and the new state."""
+        if not isinstance(x, Tensor) or x.dim() != 2:
+            raise ValueError(f"step input must have shape [B, D], got {tuple(getattr(x, 'shape', ()))}")
+        y, state = self._run(x.unsqueeze(0), state, None if reset is None else reset.unsqueeze(0))
+        return y.squeeze(0), state
+
+    def gate_stats(self) -> dict[str, Tensor] | None:
+        """Effective forget-gate values of the last forward (all layers, flattened, detached).
+
+        Returns {"gate": g values, "timescale": 1/(1-g)} or None before any forward.
+        """
+        g = self._last_gates()
+        if g is None:
+            return None
+        g = g.detach().flatten().float()
+        return {"gate": g, "timescale": 1.0 / (1.0 - g).clamp_min(1e-6)}
+
+    def _last_gates(self) -> Tensor | None:
+        return getattr(self, "_gates", None)
+
+    def _run(self, x: Tensor, state, reset):
+        T, B, D = x.shape
+        if D != self.input_size:
+            raise ValueError(f"input width {D} does not match input_size {self.input_size}")
+        bare = isinstance(state, Tensor)
+        if bare:
+            state = (state,)
+        if state is None:
+            state = self.initial_state(B, x.device, x.dtype)
+        state = tuple(state)
+        expected = (self.num_layers, B, self.hidden_size)
+        if len(state) != self.state_size or any(tuple(s.shape) != expected for s in state):
+            got = [tuple(s.shape) for s in state]
+            raise ValueError(f"state must be {self.state_size} tensor(s) of shape {list(expected)}, got {got}")
+        keep = None
+        if reset is not None:
+            if tuple(reset.shape) != (T, B):
+                raise ValueError(f"reset must have shape [T, B] = [{T}, {B}], got {tuple(reset.shape)}")
+            if bool(reset.any()):
+                keep = (~reset.bool()).to(x.dtype).unsqueeze(-1)  # [T, B, 1]
+        y, state = self._scan(x, state, keep)
+        return y, (state[0] if bare else state)

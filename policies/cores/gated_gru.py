@@ -1,0 +1,190 @@
+"""`gru:XY` grid cells and `urgru` (== `gru:UR`): torch.nn.GRU with the grid applied to its keep gate.
+
+torch.nn.GRU computes ``h' = (1 - z) * n + z * h``, so z is the keep gate; here ``z`` becomes the
+effective gate ``g = effective_gate(act_X(z_z + b_f), a)`` with an auxiliary block ``a`` added as a
+fourth gate block (refine: ``sigmoid(z_a - b_f)``, master: ``sigmoid(z_a)``). Everything else is
+nn.GRU: per layer ``weight_ih_l{k}`` [nb*H, in], ``weight_hh_l{k}`` [nb*H, H], ``bias_ih_l{k}``,
+``bias_hh_l{k}`` [nb*H] in block order r, z, n, [a], plus ``forget_bias_l{k}`` [H]. Weights and the
+r, n biases are initialised as in nn.GRU; the z and a biases start at 0 (b_f carries the init).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import gates as G
+from . import kernels
+from .base import CoreMixin, State, check_size
+
+
+def gru_reference_scan(xz: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor, keep: Tensor | None,
+                       primary: str, aux: str):
+    """Autograd loop. xz [T, B, nb*H] (input biases and b_f folded in), h [B, H]. Returns y, h, g."""
+    H = h.shape[-1]
+    ys, gs = [], []
+    keeps = keep.unbind(0) if keep is not None else None
+    for t, xz_t in enumerate(xz.unbind(0)):
+        if keeps is not None:
+            h = h * keeps[t]
+        hz = F.linear(h, w_hh, b_hh)
+        r = torch.sigmoid(xz_t[:, :H] + hz[:, :H])
+        p = G.primary_gate(xz_t[:, H:2 * H] + hz[:, H:2 * H], primary)
+        n = torch.tanh(xz_t[:, 2 * H:3 * H] + r * hz[:, 2 * H:3 * H])
+        a = torch.sigmoid(xz_t[:, 3 * H:] + hz[:, 3 * H:]) if aux != "-" else None
+        g = G.effective_gate(p, a, aux)
+        h = (1 - g) * n + g * h
+        ys.append(h)
+        gs.append(g)
+    return torch.stack(ys), h, torch.stack(gs).detach()
+
+
+class GRUScan(torch.autograd.Function):
+    """Fast scan in Python: forward under no_grad saves the gates; backward is written by hand."""
+
+    @staticmethod
+    def forward(ctx, xz, h0, w_hh, b_hh, keep, primary, aux):
+        T, B, NH = xz.shape
+        H = h0.shape[-1]
+        ys = xz.new_empty(T, B, H)
+        S = xz.new_empty(T, B, NH)  # r, p, n, [a] activated
+        HN, Gs, hprev = xz.new_empty(T, B, H), xz.new_empty(T, B, H), xz.new_empty(T, B, H)
+        w_t = w_hh.t()
+        h = h0
+        for t in range(T):
+            if keep is not None:
+                h = h * keep[t]
+            hprev[t] = h
+            hz = torch.addmm(b_hh, h, w_t)
+            s = S[t]
+            z = xz[t] + hz
+            torch.sigmoid(z, out=s)
+            if primary == "O":
+                s[:, H:2 * H] = G.primary_gate(z[:, H:2 * H], "O")
+            HN[t] = hz[:, 2 * H:3 * H]
+            n = torch.tanh(torch.addcmul(xz[t, :, 2 * H:3 * H], s[:, :H], HN[t]), out=s[:, 2 * H:3 * H])
+            g = G.effective_gate(s[:, H:2 * H], s[:, 3 * H:] if aux != "-" else None, aux)
+            Gs[t] = g
+            h = torch.addcmul(n, g, h - n, out=ys[t])
+        ctx.save_for_backward(S, HN, Gs, hprev, w_hh, keep)
+        ctx.cfg = (primary, aux)
+        ctx.mark_non_differentiable(Gs)
+        return ys, h.clone(), Gs
+
+    @staticmethod
+    def backward(ctx, dy, dhT, _dG):
+        S, HN, Gs, hprev, w_hh, keep = ctx.saved_tensors
+        primary, aux = ctx.cfg
+        T, B, NH = S.shape
+        H = hprev.shape[-1]
+        dX, dHZ = torch.empty_like(S), torch.empty_like(S)
+        dh = dhT.clone()
+        for t in range(T - 1, -1, -1):
+            dh = dh + dy[t]
+            s, g = S[t], Gs[t]
+            r, p, n = s[:, :H], s[:, H:2 * H], s[:, 2 * H:3 * H]
+            dnpre = dh * (1 - g) * (1 - n * n)
+            drpre = dnpre * HN[t] * (r - r * r)
+            dzp, dza = G.gate_backward(dh * (hprev[t] - n), p, s[:, 3 * H:] if aux != "-" else None, primary, aux)
+            dx, dhz = dX[t], dHZ[t]
+            dx[:, :H] = drpre
+            dx[:, H:2 * H] = dzp
+            dx[:, 2 * H:3 * H] = dnpre
+            if dza is not None:
+                dx[:, 3 * H:] = dza
+            dhz.copy_(dx)
+            dhz[:, 2 * H:3 * H] = dnpre * r
+            dh = dh * g + dhz @ w_hh
+            if keep is not None:
+                dh = dh * keep[t]
+        dW = dHZ.reshape(-1, NH).t() @ hprev.reshape(-1, H)
+        return dX, dh, dW, dHZ.sum((0, 1)), None, None, None
+
+
+def gru_fast_scan(xz, h0, w_hh, b_hh, keep, primary: str, aux: str):
+    """The fast scan: the compiled loop when available (CPU), else GRUScan. Same signature as the reference."""
+    ext = kernels.extension() if xz.device.type == "cpu" else None
+    if ext is not None:
+        return kernels.CppGRUScan.apply(xz, h0, w_hh, b_hh, keep, primary, aux)
+    return GRUScan.apply(xz, h0, w_hh, b_hh, keep, primary, aux)
+
+
+class GatedGRU(CoreMixin, nn.Module):
+    """A GRU with gate grid cell ``cell`` on its keep gate (default ``UR``: the UR-GRU).
+
+    Args:
+        input_size, hidden_size, num_layers, batch_first: as torch.nn.GRU.
+        cell: the grid cell XY, X in ``-COU`` (primary gate), Y in ``-MR`` (auxiliary gate).
+        impl: ``"fast"`` (default) or ``"reference"`` (plain autograd loop).
+        forget_bias, chrono_tmax, train_forget_bias: as for GatedLSTM.
+    """
+
+    state_size = 1
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = False, *,
+                 cell: str = "UR", impl: str = "fast", forget_bias: float = 1.0, chrono_tmax: float = 1000.0,
+                 train_forget_bias: bool = True) -> None:
+        super().__init__()
+        self.input_size = check_size("input_size", input_size)
+        self.hidden_size = H = check_size("hidden_size", hidden_size)
+        self.num_layers = check_size("num_layers", num_layers)
+        self.batch_first = bool(batch_first)
+        self.primary, self.aux = G.parse_grid(cell)
+        if impl not in ("fast", "reference"):
+            raise ValueError(f"impl must be 'fast' or 'reference', got {impl!r}")
+        self.impl = impl
+        nb = 3 if self.aux == "-" else 4
+        for k in range(num_layers):
+            width = input_size if k == 0 else H
+            params = {"weight_ih": (nb * H, width), "weight_hh": (nb * H, H), "bias_ih": (nb * H,), "bias_hh": (nb * H,)}
+            for name, shape in params.items():
+                p = nn.Parameter(torch.empty(shape))
+                G.uniform_(p, H)
+                if name.startswith("bias"):
+                    with torch.no_grad():
+                        p[H:2 * H].zero_()
+                        p[3 * H:].zero_()
+                setattr(self, f"{name}_l{k}", p)
+            b_f = nn.Parameter(torch.empty(H), requires_grad=train_forget_bias)
+            G.init_forget_bias(b_f, self.primary, constant=forget_bias, chrono_tmax=chrono_tmax)
+            setattr(self, f"forget_bias_l{k}", b_f)
+
+    @property
+    def cell(self) -> str:
+        return self.primary + self.aux
+
+    def extra_repr(self) -> str:
+        return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, cell={self.cell!r}, "
+                f"impl={self.impl!r}, batch_first={self.batch_first}")
+
+    def layer_bias(self, k: int) -> Tensor:
+        """bias_ih_l{k} with the forget bias folded in: +b_f on z, -b_f on a refine gate."""
+        b, b_f, H = getattr(self, f"bias_ih_l{k}"), getattr(self, f"forget_bias_l{k}"), self.hidden_size
+        parts = [b[:H], b[H:2 * H] + b_f, b[2 * H:3 * H]]
+        if self.aux != "-":
+            parts.append(b[3 * H:] - b_f if self.aux == "R" else b[3 * H:])
+        return torch.cat(parts)
+
+    def _scan(self, x: Tensor, state: State, keep: Tensor | None):
+        (h0,) = state
+        hs, gs = [], []
+        inp = x
+        for k in range(self.num_layers):
+            xz = F.linear(inp, getattr(self, f"weight_ih_l{k}"), self.layer_bias(k))  # [T, B, nb*H]
+            w_hh, b_hh = getattr(self, f"weight_hh_l{k}"), getattr(self, f"bias_hh_l{k}")
+            scan = gru_reference_scan if self.impl == "reference" else gru_fast_scan
+            inp, h, g = scan(xz, h0[k], w_hh, b_hh, keep, self.primary, self.aux)
+            hs.append(h)
+            gs.append(g.flatten())
+        self._gates = torch.cat(gs)
+        return inp, (torch.stack(hs),)
+
+
+class URGRU(GatedGRU):
+    """The UR-GRU (``gru:UR``): UGI on the keep gate's bias and a refine gate."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = False,
+                 **options) -> None:
+        options.setdefault("cell", "UR")
+        super().__init__(input_size, hidden_size, num_layers, batch_first, **options)

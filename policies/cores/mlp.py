@@ -1,0 +1,34 @@
+"""`mlp`: the memoryless baseline with the core interface (its state is the empty tuple)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .base import CoreMixin, State, check_size
+
+
+class MLPCore(CoreMixin, nn.Module):
+    """``num_layers`` tanh layers of width ``hidden_size`` applied to each step on its own."""
+
+    state_size = 0
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = False) -> None:
+        super().__init__()
+        self.input_size = check_size("input_size", input_size)
+        self.hidden_size = check_size("hidden_size", hidden_size)
+        self.num_layers = check_size("num_layers", num_layers)
+        self.batch_first = bool(batch_first)
+        layers: list[nn.Module] = []
+        for k in range(num_layers):
+            layers += [nn.Linear(input_size if k == 0 else hidden_size, hidden_size), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def initial_state(self, batch_size: int, device=None, dtype=None) -> State:
+        return ()
+
+    def _scan(self, x: Tensor, state: State, keep: Tensor | None):
+        return self.net(x), ()
+
+    def gate_stats(self) -> None:
+        return None

@@ -1,0 +1,138 @@
+"""`lstm` and `gru`: torch.nn.LSTM / torch.nn.GRU themselves, made reset-aware.
+
+The fast path runs torch's fused kernel (oneDNN on CPU, cuDNN on GPU) on each time segment between
+resets, so there is no Python loop over steps when nothing resets. ``impl="reference"`` is a plain
+autograd loop of the textbook equations, kept to test the fast path against.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import CoreMixin, State, check_size
+
+
+def segment_starts(keep: Tensor | None, T: int) -> list[int]:
+    """Start indices of the maximal time segments with no reset inside (t = 0 always starts one)."""
+    if keep is None:
+        return [0]
+    hit = (keep[1:, :, 0] == 0).any(dim=1).nonzero().flatten() + 1
+    return [0] + hit.tolist()
+
+
+class _TorchRNN(CoreMixin):
+    """Shared by LSTM and GRU: per-layer segmented fused kernel, lazy gate statistics."""
+
+    def _setup(self, input_size: int, hidden_size: int, num_layers: int, impl: str) -> None:
+        check_size("input_size", input_size)
+        check_size("hidden_size", hidden_size)
+        check_size("num_layers", num_layers)
+        if impl not in ("fast", "reference"):
+            raise ValueError(f"impl must be 'fast' or 'reference', got {impl!r}")
+
+    def _scan(self, x: Tensor, state: State, keep: Tensor | None):
+        T = x.shape[0]
+        starts = segment_starts(keep, T) + [T]
+        finals: list[list[Tensor]] = [[] for _ in range(self.state_size)]
+        self._io = []
+        inp = x
+        for k in range(self.num_layers):
+            w = self.all_weights[k]
+            s = [t[k] for t in state]
+            if self.impl == "reference":
+                y, s = self._reference_layer(inp, s, w, keep)
+            else:
+                outs = []
+                for a, b in zip(starts[:-1], starts[1:]):
+                    if keep is not None:
+                        s = [t * keep[a] for t in s]
+                    out, s = self._kernel(inp[a:b], s, w)
+                    outs.append(out)
+                y = outs[0] if len(outs) == 1 else torch.cat(outs)
+            self._io.append((inp.detach(), y.detach(), state[0][k].detach(), keep))
+            for i, t in enumerate(s):
+                finals[i].append(t)
+            inp = y
+        return inp, tuple(torch.stack(f) for f in finals)
+
+    def _last_gates(self) -> Tensor | None:
+        """Forget (LSTM) / update (GRU) gate recomputed from the stored layer inputs and outputs."""
+        io = getattr(self, "_io", None)
+        if not io:
+            return None
+        H, gates = self.hidden_size, []
+        with torch.no_grad():
+            for k, (inp, y, h0, keep) in enumerate(io):
+                w_ih, w_hh, b_ih, b_hh = self.all_weights[k]
+                hprev = torch.cat([h0.unsqueeze(0), y[:-1]])
+                if keep is not None:
+                    hprev = hprev * keep
+                z = F.linear(inp, w_ih[H:2 * H], b_ih[H:2 * H]) + F.linear(hprev, w_hh[H:2 * H], b_hh[H:2 * H])
+                gates.append(torch.sigmoid(z).flatten())
+        return torch.cat(gates)
+
+
+class LSTM(_TorchRNN, nn.LSTM):
+    """Untied LSTM, numerically torch.nn.LSTM (same parameter names, layout and init)."""
+
+    state_size = 2
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = False,
+                 impl: str = "fast") -> None:
+        self._setup(input_size, hidden_size, num_layers, impl)
+        nn.LSTM.__init__(self, input_size, hidden_size, num_layers, batch_first=batch_first)
+        self.impl = impl
+
+    def _kernel(self, x, s, w):
+        out, h, c = torch.lstm(x, (s[0].unsqueeze(0), s[1].unsqueeze(0)), w, True, 1, 0.0, self.training, False, False)
+        return out, [h[0], c[0]]
+
+    @staticmethod
+    def _reference_layer(x, s, w, keep):
+        w_ih, w_hh, b_ih, b_hh = w
+        h, c = s
+        xz = F.linear(x, w_ih, b_ih)
+        ys = []
+        for t, xz_t in enumerate(xz.unbind(0)):
+            if keep is not None:
+                h, c = h * keep[t], c * keep[t]
+            i, f, g, o = (xz_t + F.linear(h, w_hh, b_hh)).chunk(4, -1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            ys.append(h)
+        return torch.stack(ys), [h, c]
+
+
+class GRU(_TorchRNN, nn.GRU):
+    """GRU, numerically torch.nn.GRU (same parameter names, layout and init)."""
+
+    state_size = 1
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = False,
+                 impl: str = "fast") -> None:
+        self._setup(input_size, hidden_size, num_layers, impl)
+        nn.GRU.__init__(self, input_size, hidden_size, num_layers, batch_first=batch_first)
+        self.impl = impl
+
+    def _kernel(self, x, s, w):
+        out, h = torch.gru(x, s[0].unsqueeze(0), w, True, 1, 0.0, self.training, False, False)
+        return out, [h[0]]
+
+    @staticmethod
+    def _reference_layer(x, s, w, keep):
+        w_ih, w_hh, b_ih, b_hh = w
+        (h,) = s
+        xz = F.linear(x, w_ih, b_ih)
+        ys = []
+        for t, xz_t in enumerate(xz.unbind(0)):
+            if keep is not None:
+                h = h * keep[t]
+            xr, xu, xn = xz_t.chunk(3, -1)
+            hr, hu, hn = F.linear(h, w_hh, b_hh).chunk(3, -1)
+            r, u = torch.sigmoid(xr + hr), torch.sigmoid(xu + hu)
+            n = torch.tanh(xn + r * hn)
+            h = (1 - u) * n + u * h
+            ys.append(h)
+        return torch.stack(ys), [h]
