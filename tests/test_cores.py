@@ -1,0 +1,289 @@
+"""Memory cores: fast path == reference (values and gradients, float64), torch equivalence,
+reset convention, step == sequence, initialisation and argument checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from policies.cores import CORE_SPECS, URLSTM, make_core
+from policies.cores import gates as G
+
+RECURRENT = [s for s in CORE_SPECS if s != "mlp"]
+GRID = [s for s in CORE_SPECS if ":" in s]
+
+
+def _inputs(T=7, B=3, D=5, reset=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, B, D, generator=g, dtype=torch.float64)
+    r = torch.zeros(T, B, dtype=torch.bool)
+    if reset:
+        for t, b in ((3, 0), (5, 2), (0, 1)):
+            if t < T and b < B:
+                r[t, b] = True
+    return x, r
+
+
+def _pair(spec, D=5, H=4, L=1, **kw):
+    torch.manual_seed(1)
+    ref = make_core(spec, D, H, L, impl="reference", **kw).double()
+    fast = make_core(spec, D, H, L, impl="fast", **kw).double()
+    fast.load_state_dict(ref.state_dict())
+    return ref, fast
+
+
+def _grads(core, x, state, reset):
+    x = x.clone().requires_grad_()
+    state = tuple(s.clone().requires_grad_() for s in state)
+    y, final = core(x, state, reset)
+    g = torch.Generator().manual_seed(3)
+    loss = (y * torch.randn(y.shape, generator=g, dtype=y.dtype)).sum()
+    for s in final:  # the final state is part of the loss, so its gradient path is checked too
+        loss = loss + (s * torch.randn(s.shape, generator=g, dtype=s.dtype)).sum()
+    leaves = [x, *state, *core.parameters()]
+    grads = torch.autograd.grad(loss, [t for t in leaves if t.requires_grad])
+    return y.detach(), [s.detach() for s in final], grads
+
+
+@pytest.mark.parametrize("spec", RECURRENT)
+@pytest.mark.parametrize("with_reset", [False, True])
+def test_fast_equals_reference(spec, with_reset):
+    ref, fast = _pair(spec, L=2)
+    x, r = _inputs(reset=with_reset)
+    state = tuple(torch.randn_like(s) for s in ref.initial_state(3, dtype=torch.float64))
+    y0, s0, g0 = _grads(ref, x, state, r)
+    y1, s1, g1 = _grads(fast, x, state, r)
+    torch.testing.assert_close(y1, y0)
+    for a, b in zip(s1, s0):
+        torch.testing.assert_close(a, b)
+    assert len(g0) == len(g1)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("spec", ["urlstm", "lstm:OM", "gru:UR", "gru:O-"])
+def test_fast_scan_gradcheck(spec):
+    _, fast = _pair(spec, D=3, H=3)
+    x, r = _inputs(T=6, B=3, D=3)
+    h = tuple(torch.randn_like(s).requires_grad_() for s in fast.initial_state(3, dtype=torch.float64))
+
+    def f(x, *state):
+        y, final = fast(x, state, r)
+        return (y, *final)
+
+    assert torch.autograd.gradcheck(f, (x.requires_grad_(), *h))
+
+
+@pytest.mark.parametrize("kind,torch_cls", [("lstm", nn.LSTM), ("gru", nn.GRU)])
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+def test_matches_torch(kind, torch_cls, impl):
+    torch.manual_seed(0)
+    ours = make_core(kind, 5, 6, 2, impl=impl).double()
+    theirs = torch_cls(5, 6, 2).double()
+    assert set(ours.state_dict()) == set(theirs.state_dict())
+    theirs.load_state_dict(ours.state_dict())
+    x, _ = _inputs(B=4)
+    state = tuple(torch.randn_like(s) for s in ours.initial_state(4, dtype=torch.float64))
+    y0, s0 = theirs(x, state if kind == "lstm" else state[0])
+    y1, s1 = ours(x, state)
+    torch.testing.assert_close(y1, y0)
+    torch.testing.assert_close(s1[0], s0[0] if kind == "lstm" else s0)
+
+
+@pytest.mark.parametrize("spec", CORE_SPECS)
+def test_resets_equal_separate_episodes(spec):
+    """A batch element whose episode restarts at t=3 equals two independent runs from zeros."""
+    torch.manual_seed(0)
+    core = make_core(spec, 5, 4).double()
+    x, _ = _inputs(T=7, B=2)
+    reset = torch.zeros(7, 2, dtype=torch.bool)
+    reset[3, 0] = True
+    state = tuple(torch.randn_like(s) for s in core.initial_state(2, dtype=torch.float64))
+    y, final = core(x, state, reset)
+    y_a, _ = core(x[:3, :1], tuple(s[:, :1] for s in state))
+    y_b, fin_b = core(x[3:, :1])
+    torch.testing.assert_close(y[:, :1], torch.cat([y_a, y_b]))
+    for a, b in zip(final, fin_b):
+        torch.testing.assert_close(a[:, :1], b)
+    y_c, _ = core(x[:, 1:], tuple(s[:, 1:] for s in state))  # the other element is untouched
+    torch.testing.assert_close(y[:, 1:], y_c)
+
+
+@pytest.mark.parametrize("spec", CORE_SPECS)
+def test_step_equals_sequence(spec):
+    torch.manual_seed(0)
+    core = make_core(spec, 5, 4, num_layers=2).double()
+    x, r = _inputs()
+    y, final = core(x, None, r)
+    state = core.initial_state(3, dtype=torch.float64)
+    steps = []
+    for t in range(x.shape[0]):
+        out, state = core.step(x[t], state, r[t])
+        steps.append(out)
+    torch.testing.assert_close(torch.stack(steps), y)
+    for a, b in zip(state, final):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("spec", ["lstm", "gru", "urlstm", "urgru", "mlp"])
+def test_batch_first(spec):
+    torch.manual_seed(0)
+    core = make_core(spec, 5, 4)
+    bf = make_core(spec, 5, 4, batch_first=True)
+    bf.load_state_dict(core.state_dict())
+    x = torch.randn(6, 3, 5)
+    r = torch.zeros(6, 3, dtype=torch.bool)
+    r[2, 1] = True
+    y, s = core(x, reset=r)
+    y_bf, s_bf = bf(x.transpose(0, 1), reset=r.t())
+    torch.testing.assert_close(y_bf, y.transpose(0, 1))
+    for a, b in zip(s, s_bf):
+        torch.testing.assert_close(a, b)
+
+
+def test_urlstm_is_a_drop_in_for_nn_lstm():
+    lstm = URLSTM(8, 16, num_layers=2, batch_first=True)
+    x = torch.randn(4, 10, 8)
+    h0 = torch.zeros(2, 4, 16)
+    out, (h_n, c_n) = lstm(x, (h0, h0))
+    assert out.shape == (4, 10, 16) and h_n.shape == c_n.shape == (2, 4, 16)
+    torch.testing.assert_close(out[:, -1], h_n[-1])
+    assert [n for n, _ in lstm.named_parameters()] == [
+        f"{p}_l{k}" for k in range(2) for p in ("weight_ih", "weight_hh", "bias", "forget_bias")]
+    assert lstm.weight_ih_l0.shape == (64, 8) and lstm.weight_hh_l1.shape == (64, 16)
+    assert lstm.forget_bias_l1.shape == (16,) and torch.all(lstm.bias_l0 == 0)
+
+
+def test_gru_bare_tensor_state_like_nn_gru():
+    core = make_core("urgru", 3, 4)
+    y, h = core(torch.randn(5, 2, 3), torch.zeros(1, 2, 4))
+    assert isinstance(h, torch.Tensor) and h.shape == (1, 2, 4)
+
+
+def test_ugi_is_uniform():
+    """sigmoid(forget_bias) ~ U[1/H, 1-1/H]: Kolmogorov-Smirnov distance below the 0.1% critical value."""
+    torch.manual_seed(0)
+    H = 2048
+    u = torch.sigmoid(URLSTM(3, H).forget_bias_l0.detach().double()).sort().values
+    lo, hi = 1 / H, 1 - 1 / H
+    assert u.min() >= lo - 1e-9 and u.max() <= hi + 1e-9
+    cdf = (u - lo) / (hi - lo)
+    n = torch.arange(1, H + 1, dtype=torch.float64)
+    d = torch.max(torch.maximum(n / H - cdf, cdf - (n - 1) / H)).item()
+    assert d < 1.95 / math.sqrt(H)
+    # each layer draws its own
+    two = URLSTM(3, 8, num_layers=2)
+    assert not torch.equal(two.forget_bias_l0, two.forget_bias_l1)
+
+
+def test_chrono_and_constant_init():
+    torch.manual_seed(0)
+    chrono = make_core("lstm:C-", 3, 500, chrono_tmax=100)
+    b = chrono.forget_bias_l0.detach()
+    assert b.min() >= 0 and b.max() <= math.log(99) + 1e-6 and b.std() > 0.5
+    assert torch.all(make_core("lstm:--", 3, 5, forget_bias=2.0).forget_bias_l0 == 2.0)
+    assert torch.all(make_core("gru:O-", 3, 5).forget_bias_l0 == 0)
+    frozen = make_core("urlstm", 3, 5, train_forget_bias=False)
+    assert not frozen.forget_bias_l0.requires_grad
+
+
+@pytest.mark.parametrize("family", ["lstm", "gru"])
+def test_refine_gate_uses_negated_forget_bias(family):
+    core = make_core(f"{family}:UR", 3, 4)
+    H = 4
+    b_f = core.forget_bias_l0.detach()
+    bias = core.layer_bias(0).detach()
+    base = (core.bias_l0 if family == "lstm" else core.bias_ih_l0).detach()
+    p_block, a_block = (0, 1) if family == "lstm" else (1, 3)
+    torch.testing.assert_close(bias[p_block * H:(p_block + 1) * H], base[p_block * H:(p_block + 1) * H] + b_f)
+    torch.testing.assert_close(bias[a_block * H:(a_block + 1) * H], base[a_block * H:(a_block + 1) * H] - b_f)
+
+
+def test_effective_gate_formulas():
+    """R and M against the equations of urlstm.md written out literally."""
+    p = torch.rand(1000, dtype=torch.float64)
+    a = torch.rand(1000, dtype=torch.float64)
+    torch.testing.assert_close(G.effective_gate(p, a, "R"), a * (1 - (1 - p) ** 2) + (1 - a) * p ** 2)
+    torch.testing.assert_close(G.effective_gate(p, a, "M"), p * (p + (1 - p) * a))
+    torch.testing.assert_close(G.effective_gate(p, None, "-"), p)
+    g_r = G.effective_gate(p, a, "R")
+    assert torch.all(g_r >= p ** 2 - 1e-12) and torch.all(g_r <= 1 - (1 - p) ** 2 + 1e-12)
+    z = torch.randn(4, 6, dtype=torch.float64)
+    cumax = G.primary_gate(z, "O")
+    torch.testing.assert_close(cumax, torch.cumsum(torch.softmax(z, -1), -1))
+    assert torch.all(cumax[:, 1:] >= cumax[:, :-1]) and torch.allclose(cumax[:, -1], torch.ones(4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("primary", G.PRIMARY)
+@pytest.mark.parametrize("aux", G.AUXILIARY)
+def test_gate_backward_matches_autograd(primary, aux):
+    zp = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    za = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    p = G.primary_gate(zp, primary)
+    a = torch.sigmoid(za) if aux != "-" else None
+    g = G.effective_gate(p, a, aux)
+    dg = torch.randn_like(g)
+    auto = torch.autograd.grad(g, [zp, za], dg, allow_unused=True)
+    dzp, dza = G.gate_backward(dg, p.detach(), None if a is None else a.detach(), primary, aux)
+    torch.testing.assert_close(dzp, auto[0])
+    if aux != "-":
+        torch.testing.assert_close(dza, auto[1])
+
+
+def test_gate_stats():
+    core = make_core("urlstm", 3, 8, num_layers=2)
+    assert core.gate_stats() is None
+    core(torch.randn(5, 4, 3))
+    stats = core.gate_stats()
+    assert stats["gate"].shape == (2 * 5 * 4 * 8,)
+    assert torch.all((stats["gate"] > 0) & (stats["gate"] < 1))
+    torch.testing.assert_close(stats["timescale"], 1 / (1 - stats["gate"]))
+    lstm = make_core("lstm", 3, 8)
+    x = torch.randn(5, 4, 3)
+    lstm(x)
+    # the LSTM's forget gate at t = 0 from zeros: sigmoid(W_if x + b_if + b_hf)
+    f0 = torch.sigmoid(x[0] @ lstm.weight_ih_l0[8:16].t() + lstm.bias_ih_l0[8:16] + lstm.bias_hh_l0[8:16])
+    torch.testing.assert_close(lstm.gate_stats()["gate"].view(5, 4, 8)[0], f0.detach())
+    assert make_core("mlp", 3, 8).gate_stats() is None
+
+
+def test_mlp_has_empty_state():
+    core = make_core("mlp", 3, 8)
+    assert core.initial_state(4) == ()
+    y, s = core(torch.randn(5, 4, 3))
+    assert y.shape == (5, 4, 8) and s == ()
+
+
+@pytest.mark.parametrize("bad,match", [
+    (lambda: make_core("lstm2", 3, 4), "unknown core 'lstm2'; valid cores: lstm, gru, urlstm"),
+    (lambda: make_core("lstm:XR", 3, 4), "unknown core"),
+    (lambda: make_core("urlstm", 3, 0), "hidden_size must be a positive integer"),
+    (lambda: make_core("lstm", 3, 0), "hidden_size must be a positive integer"),
+    (lambda: make_core("gru", 0, 4), "input_size must be a positive integer"),
+    (lambda: make_core("urlstm", 3, 4, num_layers=0), "num_layers"),
+    (lambda: make_core("lstm", 3, 4, chrono_tmax=10), "does not take option"),
+    (lambda: make_core("urlstm", 3, 4, impl="cuda"), "impl must be"),
+    (lambda: make_core("urlstm", 3, 4)(torch.randn(5, 3)), r"shape \[T, B, D\]"),
+    (lambda: make_core("urlstm", 3, 4)(torch.randn(5, 2, 4)), "input width 4 does not match input_size 3"),
+    (lambda: make_core("gru", 3, 4)(torch.randn(5, 2, 3), reset=torch.zeros(5, 3, dtype=torch.bool)), "reset must"),
+    (lambda: make_core("lstm", 3, 4)(torch.randn(5, 2, 3), (torch.zeros(1, 2, 4),)), "state must be 2 tensor"),
+])
+def test_bad_arguments(bad, match):
+    with pytest.raises(ValueError, match=match):
+        bad()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("spec", ["lstm", "gru", "urlstm", "urgru", "lstm:OM"])
+def test_cuda_matches_cpu(spec):
+    torch.manual_seed(0)
+    core = make_core(spec, 5, 8)
+    x, r = _inputs(D=5)
+    x = x.float()
+    y_cpu, _ = core(x, None, r)
+    y_gpu, _ = core.cuda()(x.cuda(), None, r.cuda())
+    y_gpu.sum().backward()
+    torch.testing.assert_close(y_gpu.cpu(), y_cpu, rtol=1e-4, atol=1e-4)
