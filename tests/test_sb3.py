@@ -1,0 +1,263 @@
+"""policies/sb3.py: registry cores inside sb3-contrib RecurrentPPO."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from sb3_contrib import RecurrentPPO
+from sb3_contrib.common.recurrent.type_aliases import RNNStates
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.utils import set_random_seed
+
+from policies.sb3 import URLSTMCnnPolicy, URLSTMMultiInputPolicy, URLSTMPolicy
+
+torch.set_num_threads(1)
+
+FAMILIES = ("lstm", "gru", "urlstm", "urgru", "lstm:CR", "gru:U-", "mlp")
+SMALL = dict(n_steps=16, batch_size=32, n_epochs=1, seed=0, device="cpu")
+NET = dict(hidden_size=8, net_arch=dict(pi=[8], vf=[8]))
+
+
+class CueEnv(gym.Env):
+    """Memory bit: a cue (+1 / -1) is shown at t = 0 only; at t = length the action must name it.
+
+    Observation (kind "vec"): [cue at t = 0 else 0, 1 at t = length else 0]; "img" paints the same two
+    numbers into a 36x36x1 uint8 image (NatureCNN's minimum); "dict" splits them into two keys.
+    Reward 1 for the right answer at the last step, 0 otherwise; a memoryless policy gets 0.5.
+    """
+
+    def __init__(self, length: int = 3, kind: str = "vec"):
+        self.length, self.kind = length, kind
+        self.action_space = spaces.Discrete(2)
+        if kind == "vec":
+            self.observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        elif kind == "img":
+            self.observation_space = spaces.Box(0, 255, (36, 36, 1), np.uint8)
+        else:
+            box = spaces.Box(-1.0, 1.0, (1,), np.float32)
+            self.observation_space = spaces.Dict({"cue": box, "query": box})
+
+    def _obs(self):
+        v = np.array([self.cue * (self.t == 0), float(self.t == self.length)], np.float32)
+        if self.kind == "vec":
+            return v
+        if self.kind == "img":
+            img = np.zeros((36, 36, 1), np.uint8)
+            img[:18] = int(127 + 127 * v[0])
+            img[18:] = int(255 * v[1])
+            return img
+        return {"cue": v[:1], "query": v[1:]}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.cue, self.t = float(2 * self.np_random.integers(2) - 1), 0
+        return self._obs(), {}
+
+    def step(self, action):
+        done = self.t == self.length
+        reward = float(done and (2 * int(action) - 1) == self.cue)
+        self.t += 1
+        return self._obs(), reward, done, False, {"is_success": reward > 0} if done else {}
+
+
+@pytest.mark.parametrize("core", FAMILIES)
+@pytest.mark.parametrize(
+    "policy, kind",
+    [(URLSTMPolicy, "vec"), (URLSTMCnnPolicy, "img"), (URLSTMMultiInputPolicy, "dict")],
+)
+def test_construct_and_predict(policy, kind, core):
+    model = RecurrentPPO(policy, CueEnv(kind=kind), policy_kwargs=dict(core=core, **NET), **SMALL)
+    assert model.policy.lstm_actor.hidden_size == 8
+    obs, _ = CueEnv(kind=kind).reset(seed=0)
+    action, state = model.predict(obs, episode_start=np.array([True]))
+    assert model.action_space.contains(int(action))
+    assert len(state) == 2 and all(s.shape == (1, 1, 8) for s in state)
+    if core in ("gru", "urgru", "gru:U-"):
+        assert not state[1].any()  # the dummy cell state stays zero
+    if core == "mlp":
+        assert not state[0].any() and not state[1].any()
+
+
+@pytest.mark.parametrize("core", ["urlstm", "gru", "mlp"])
+def test_few_hundred_training_steps_and_evaluate_policy(core):
+    model = RecurrentPPO(URLSTMPolicy, CueEnv(), policy_kwargs=dict(core=core, **NET), **SMALL)
+    model.learn(256)
+    assert model.num_timesteps == 256
+    assert np.isfinite(model.logger.name_to_value["train/loss"])
+    mean, _ = evaluate_policy(model, model.get_env(), n_eval_episodes=4)
+    assert 0.0 <= mean <= 1.0
+
+
+@pytest.mark.parametrize("policy, kind", [(URLSTMCnnPolicy, "img"), (URLSTMMultiInputPolicy, "dict")])
+def test_training_steps_other_observation_types(policy, kind):
+    model = RecurrentPPO(policy, CueEnv(kind=kind), policy_kwargs=dict(core="urlstm", **NET), **SMALL)
+    model.learn(64)
+    assert np.isfinite(model.logger.name_to_value["train/loss"])
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(n_lstm_layers=2),
+        dict(shared_lstm=True, enable_critic_lstm=False),
+        dict(enable_critic_lstm=False),
+        dict(share_features_extractor=False),
+    ],
+)
+def test_recurrentppo_options(options):
+    model = RecurrentPPO(URLSTMPolicy, CueEnv(), policy_kwargs=dict(core="urgru", **NET, **options), **SMALL)
+    model.learn(32)
+    has_critic_core = options.get("enable_critic_lstm", True)
+    assert (model.policy.lstm_critic is not None) == has_critic_core
+    assert model.policy.lstm_actor.num_layers == options.get("n_lstm_layers", 1)
+
+
+def test_clear_errors():
+    with pytest.raises(ValueError, match="unknown core"):
+        RecurrentPPO(URLSTMPolicy, CueEnv(), policy_kwargs=dict(core="nope"), **SMALL)
+    with pytest.raises(ValueError, match="disagree"):
+        RecurrentPPO(URLSTMPolicy, CueEnv(), policy_kwargs=dict(hidden_size=8, lstm_hidden_size=16), **SMALL)
+    with pytest.raises(ValueError, match="enable_critic_lstm=False"):
+        RecurrentPPO(URLSTMPolicy, CueEnv(), policy_kwargs=dict(shared_lstm=True), **SMALL)
+
+
+def _rollout(model, env, n_steps, seed):
+    """Deterministic actions with the state carried: [n_steps] actions and the final state."""
+    obs, _ = env.reset(seed=seed)
+    state, start, actions = None, np.array([True]), []
+    for _ in range(n_steps):
+        action, state = model.predict(obs, state=state, episode_start=start, deterministic=True)
+        obs, _, term, trunc, _ = env.step(action)
+        start = np.array([term or trunc])
+        if term or trunc:
+            obs, _ = env.reset()
+        actions.append(int(action))
+    return actions, state
+
+
+@pytest.mark.parametrize("core", ["urlstm", "gru", "mlp"])
+def test_save_load_round_trip(tmp_path, core):
+    model = RecurrentPPO(URLSTMPolicy, CueEnv(), policy_kwargs=dict(core=core, **NET), **SMALL)
+    model.learn(32)
+    model.save(tmp_path / "model.zip")
+    loaded = RecurrentPPO.load(tmp_path / "model.zip", device="cpu")
+    assert loaded.policy.core_spec == core
+    before, after = model.policy.state_dict(), loaded.policy.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    actions_a, state_a = _rollout(model, CueEnv(), 12, seed=1)
+    actions_b, state_b = _rollout(loaded, CueEnv(), 12, seed=1)
+    assert actions_a == actions_b
+    np.testing.assert_array_equal(state_a[0], state_b[0])
+    np.testing.assert_array_equal(state_a[1], state_b[1])
+    # the policy on its own round-trips too (constructor parameters include the core)
+    model.policy.save(tmp_path / "policy.pt")
+    policy = type(model.policy).load(tmp_path / "policy.pt", device="cpu")
+    assert policy.core_spec == core and policy.lstm_output_dim == 8
+
+
+@pytest.mark.parametrize("core", ["urlstm", "gru"])
+def test_predict_episode_start_resets_state(core):
+    model = RecurrentPPO(URLSTMPolicy, CueEnv(), policy_kwargs=dict(core=core, **NET), **SMALL)
+    obs = np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]], np.float32)
+    _, state = model.predict(obs[0], deterministic=True)
+    _, state = model.predict(obs[1], state=state, episode_start=np.array([False]), deterministic=True)
+    assert np.abs(state[0]).sum() > 0
+    _, fresh = model.predict(obs[2], state=None, deterministic=True)
+    _, reset = model.predict(obs[2], state=state, episode_start=np.array([True]), deterministic=True)
+    _, carried = model.predict(obs[2], state=state, episode_start=np.array([False]), deterministic=True)
+    np.testing.assert_array_equal(reset[0], fresh[0])
+    np.testing.assert_array_equal(reset[1], fresh[1])
+    assert not np.allclose(carried[0], fresh[0])
+    # per env in a batch of two: only the env that starts an episode is reset
+    both = tuple(np.concatenate([s, s], axis=1) for s in state)
+    _, mixed = model.predict(obs[[2, 2]], state=both, episode_start=np.array([True, False]), deterministic=True)
+    np.testing.assert_allclose(mixed[0][:, :1], fresh[0], atol=1e-6)
+    np.testing.assert_allclose(mixed[0][:, 1:], carried[0], atol=1e-6)
+
+
+def _stock_and_adapter(seed: int, **algo):
+    """Stock MlpLstmPolicy and the adapter with core="lstm" holding the same weights."""
+    kw = dict(n_steps=64, batch_size=48, n_epochs=2, seed=seed, device="cpu", **algo)
+    stock = RecurrentPPO("MlpLstmPolicy", "CartPole-v1", policy_kwargs=dict(lstm_hidden_size=16), **kw)
+    ours = RecurrentPPO(URLSTMPolicy, "CartPole-v1", policy_kwargs=dict(core="lstm", hidden_size=16), **kw)
+    return stock, ours
+
+
+def test_lstm_same_seed_same_initial_weights():
+    stock, ours = _stock_and_adapter(seed=3)
+    a, b = stock.policy.state_dict(), ours.policy.state_dict()
+    assert list(a) == list(b)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lstm_matches_stock_on_training_batches():
+    """Same rollout buffer, same weights: values, log-probs, entropy, loss and gradients agree."""
+    stock, ours = _stock_and_adapter(seed=0)
+    ours.policy.load_state_dict(stock.policy.state_dict())
+    stock.train = lambda: None  # only collect a rollout (episodes of ~20 steps: starts inside)
+    stock.learn(64)
+    buffer = stock.rollout_buffer
+    assert buffer.episode_starts.sum() >= 2
+    set_random_seed(0)
+    batches = list(buffer.get(48))  # padded sequences, split mid-episode by the random shift
+    assert any(b.mask.min() == 0 for b in batches)  # padding present
+    for b in batches:
+        actions = b.actions.long().flatten()
+        outs = []
+        for policy in (stock.policy, ours.policy):
+            policy.zero_grad()
+            values, log_prob, entropy = policy.evaluate_actions(b.observations, actions, b.lstm_states, b.episode_starts)
+            mask = b.mask > 1e-8
+            ratio = torch.exp(log_prob - b.old_log_prob)
+            loss = -(b.advantages * ratio)[mask].mean() + ((b.returns - values.flatten()) ** 2)[mask].mean()
+            loss = loss - 0.01 * entropy[mask].mean()
+            loss.backward()
+            grads = [p.grad.clone() for p in policy.parameters()]
+            outs.append((values[mask], log_prob[mask], entropy[mask], loss, grads))
+        (va, la, ea, lossa, ga), (vb, lb, eb, lossb, gb) = outs
+        torch.testing.assert_close(vb, va, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(lb, la, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(eb, ea, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(lossb, lossa, rtol=1e-5, atol=1e-5)
+        for x, y in zip(ga, gb):
+            torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-5)
+        # the rollout path: one step per env with the stored states
+        n = b.lstm_states.pi[0].shape[1]
+        state = RNNStates(b.lstm_states.pi, b.lstm_states.vf)
+        first = b.observations.reshape(n, -1, 4)[:, 0]
+        starts = b.episode_starts.reshape(n, -1)[:, 0]
+        with torch.no_grad():
+            set_random_seed(1)
+            _, v_a, _, s_a = stock.policy(first, state, starts)
+            set_random_seed(1)
+            _, v_b, _, s_b = ours.policy(first, state, starts)
+        torch.testing.assert_close(v_b, v_a, rtol=1e-5, atol=1e-6)
+        for x, y in zip(s_a.pi + s_a.vf, s_b.pi + s_b.vf):
+            torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-6)
+
+
+def test_lstm_first_updates_match_stock():
+    """Same seed, same budget: the logged losses and the trained weights agree within float tolerance."""
+    stock, _ = _stock_and_adapter(seed=5)
+    stock.learn(128)
+    _, ours = _stock_and_adapter(seed=5)
+    ours.learn(128)
+    for key in ("train/loss", "train/value_loss", "train/policy_gradient_loss", "train/entropy_loss"):
+        a, b = stock.logger.name_to_value[key], ours.logger.name_to_value[key]
+        assert b == pytest.approx(a, rel=1e-4, abs=1e-6), key
+    a, b = stock.policy.state_dict(), ours.policy.state_dict()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_urlstm_learns_short_passive_tmaze():
+    from examples.sb3_recurrentppo import make_env, train_and_evaluate
+
+    result = train_and_evaluate(core="urlstm", env_id="urlstm/TMazePassive-v0", length=10, seed=0,
+                                total_timesteps=40_000)
+    assert result["success_rate"] >= 0.9, result
