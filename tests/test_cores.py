@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from policies.cores import CORE_SPECS, URLSTM, make_core
+from policies.cores import CORE_SPECS, URLSTM, kernels, make_core
 from policies.cores import gates as G
 
 RECURRENT = [s for s in CORE_SPECS if s != "mlp"]
@@ -48,9 +48,23 @@ def _grads(core, x, state, reset):
     return y.detach(), [s.detach() for s in final], grads
 
 
+@pytest.fixture(params=["compiled", "python"])
+def backend(request, monkeypatch):
+    """Run a test with the compiled scan and again with the Python scan."""
+    if request.param == "compiled" and not kernels.extension():
+        pytest.skip("the compiled scan did not build here")
+    monkeypatch.setitem(kernels._STATE, "ok", request.param == "compiled")
+    return request.param
+
+
+def test_compiled_scan_builds():
+    """The compiled loop is the default fast path wherever a C++ compiler exists (as in CI)."""
+    assert kernels.extension()
+
+
 @pytest.mark.parametrize("spec", RECURRENT)
 @pytest.mark.parametrize("with_reset", [False, True])
-def test_fast_equals_reference(spec, with_reset):
+def test_fast_equals_reference(spec, with_reset, backend):
     ref, fast = _pair(spec, L=2)
     x, r = _inputs(reset=with_reset)
     state = tuple(torch.randn_like(s) for s in ref.initial_state(3, dtype=torch.float64))
@@ -65,7 +79,7 @@ def test_fast_equals_reference(spec, with_reset):
 
 
 @pytest.mark.parametrize("spec", ["urlstm", "lstm:OM", "gru:UR", "gru:O-"])
-def test_fast_scan_gradcheck(spec):
+def test_fast_scan_gradcheck(spec, backend):
     _, fast = _pair(spec, D=3, H=3)
     x, r = _inputs(T=6, B=3, D=3)
     h = tuple(torch.randn_like(s).requires_grad_() for s in fast.initial_state(3, dtype=torch.float64))
@@ -75,6 +89,20 @@ def test_fast_scan_gradcheck(spec):
         return (y, *final)
 
     assert torch.autograd.gradcheck(f, (x.requires_grad_(), *h))
+
+
+@pytest.mark.parametrize("spec", GRID)
+def test_float32_fast_close_to_reference(spec, backend):
+    """float32 uses a polynomial exp in the compiled loop: still within float32 rounding of the loop."""
+    ref, fast = _pair(spec, D=5, H=16, L=2)
+    ref, fast = ref.float(), fast.float()
+    x, r = _inputs(T=20, B=3)
+    x = 3 * x.float()
+    y0, s0, g0 = _grads(ref, x, tuple(s.float() for s in ref.initial_state(3)), r)
+    y1, s1, g1 = _grads(fast, x, tuple(s.float() for s in ref.initial_state(3)), r)
+    torch.testing.assert_close(y1, y0, rtol=1e-4, atol=1e-5)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
 
 
 @pytest.mark.parametrize("kind,torch_cls", [("lstm", nn.LSTM), ("gru", nn.GRU)])

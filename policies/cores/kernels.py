@@ -1,11 +1,86 @@
-"""Optional compiled CPU loops for the gate-grid scans.
+"""The compiled CPU loops of the gate-grid scans (scan.cpp), built on first use and cached.
 
-``extension()`` returns the compiled module, or None when it is disabled (``URLSTM_NO_EXT=1``) or
-could not be built; the Python scans are then used.
+``extension()`` compiles scan.cpp with torch's C++ extension tools the first time it is called
+(about a minute; cached in torch's extension folder afterwards) and returns True when the ops are
+usable. It returns False, and the Python scans are used, when ``URLSTM_NO_EXT=1`` is set or the
+build fails (no compiler, no ninja): a warning says why, once.
 """
 
 from __future__ import annotations
 
+import os
+import platform
+import warnings
+from pathlib import Path
 
-def extension():
-    return None
+import torch
+
+_STATE: dict[str, bool] = {}
+PRIMARY_CODE = {"-": 0, "C": 0, "U": 0, "O": 1}
+AUX_CODE = {"-": 0, "M": 1, "R": 2}
+
+
+def extension() -> bool:
+    if "ok" not in _STATE:
+        _STATE["ok"] = _build()
+    return _STATE["ok"]
+
+
+def _build() -> bool:
+    if os.environ.get("URLSTM_NO_EXT", "") not in ("", "0"):
+        return False
+    try:
+        from torch.utils.cpp_extension import load
+
+        flags = ["-O3"] + (["-march=native"] if platform.machine() in ("x86_64", "AMD64") else [])
+        load(name="urlstm_scan", sources=[str(Path(__file__).with_name("scan.cpp"))], extra_cflags=flags,
+             is_python_module=False, verbose=False)
+        return hasattr(torch.ops.urlstm_scan, "lstm_fwd")
+    except Exception as err:  # no compiler / ninja / headers: fall back to the Python scans
+        warnings.warn(f"urlstm: compiled scan unavailable, using the Python scan ({type(err).__name__}: "
+                      f"{str(err).splitlines()[0] if str(err) else ''})", RuntimeWarning, stacklevel=2)
+        return False
+
+
+def _keep2d(keep):
+    return None if keep is None else keep.reshape(keep.shape[0], keep.shape[1]).contiguous()
+
+
+class CppLSTMScan(torch.autograd.Function):
+    """LSTMScan with its loops in C++ (same inputs and outputs)."""
+
+    @staticmethod
+    def forward(ctx, xz, h0, c0, w_hh, keep, primary, aux):
+        keep = _keep2d(keep)
+        codes = (PRIMARY_CODE[primary], AUX_CODE[aux])
+        ys, hT, cT, G, S, C, Hp, Cp = torch.ops.urlstm_scan.lstm_fwd(xz, h0, c0, w_hh, keep, *codes)
+        ctx.save_for_backward(S, G, C, Hp, Cp, w_hh, keep)
+        ctx.codes = codes
+        ctx.mark_non_differentiable(G)
+        return ys, hT, cT, G
+
+    @staticmethod
+    def backward(ctx, dy, dhT, dcT, _dG):
+        S, G, C, Hp, Cp, w_hh, keep = ctx.saved_tensors
+        dZ, dh0, dc0, dW = torch.ops.urlstm_scan.lstm_bwd(dy, dhT, dcT, S, G, C, Hp, Cp, w_hh, keep, *ctx.codes)
+        return dZ, dh0, dc0, dW, None, None, None
+
+
+class CppGRUScan(torch.autograd.Function):
+    """GRUScan with its loops in C++ (same inputs and outputs)."""
+
+    @staticmethod
+    def forward(ctx, xz, h0, w_hh, b_hh, keep, primary, aux):
+        keep = _keep2d(keep)
+        codes = (PRIMARY_CODE[primary], AUX_CODE[aux])
+        ys, hT, G, S, HN, Hp = torch.ops.urlstm_scan.gru_fwd(xz, h0, w_hh, b_hh, keep, *codes)
+        ctx.save_for_backward(S, HN, G, Hp, w_hh, keep)
+        ctx.codes = codes
+        ctx.mark_non_differentiable(G)
+        return ys, hT, G
+
+    @staticmethod
+    def backward(ctx, dy, dhT, _dG):
+        S, HN, G, Hp, w_hh, keep = ctx.saved_tensors
+        dX, dh0, dW, db = torch.ops.urlstm_scan.gru_bwd(dy, dhT, S, HN, G, Hp, w_hh, keep, *ctx.codes)
+        return dX, dh0, dW, db, None, None, None

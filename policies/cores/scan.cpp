@@ -1,0 +1,336 @@
+// Compiled CPU loops for the gate-grid scans (policies/cores/gated_lstm.py, gated_gru.py).
+//
+// Same maths as LSTMScan / GRUScan in Python: per step one GEMM (ATen, multi-threaded BLAS) and one
+// fused pass over the gates, written so that the compiler vectorises it (float: a polynomial exp;
+// double: std::exp, used by the float64 equivalence tests). Primary gate: 0 sigmoid, 1 cumax.
+// Auxiliary gate: 0 none, 1 master (M), 2 refine (R). keep: [T, B] of 1.0 / 0.0 or undefined.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+
+inline float exp_approx(float x) {  // |relative error| < 3e-7 on [-87, 88]; vectorises (no calls)
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer in the low mantissa bits
+  float t = x * 1.44269504088896341f + magic;
+  float n = t - magic;
+  int32_t bits;
+  std::memcpy(&bits, &t, 4);
+  float r = x - n * 0.693145751953125f - n * 1.428606765330187e-06f;
+  float p = 1.0f + r * (1.0f + r * (0.5f + r * (0.16666666f + r * (0.041666668f + r * (0.008333334f + r * 0.0013888889f)))));
+  int32_t scale_bits = (bits - 0x4B400000 + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &scale_bits, 4);
+  return p * scale;
+}
+
+template <typename T> inline T sigm(T x) { return T(1) / (T(1) + std::exp(-x)); }
+template <> inline float sigm<float>(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
+template <typename T> inline T tanh_(T x) { return std::tanh(x); }
+template <> inline float tanh_<float>(float x) {
+  float e = exp_approx(-2.0f * std::fabs(x));
+  return std::copysign((1.0f - e) / (1.0f + e), x);
+}
+
+template <typename T, int AUX> inline T effective(T p, T a) {
+  if (AUX == 0) return p;
+  T pp = p * p;
+  return pp + (AUX == 2 ? T(2) : T(1)) * a * (p - pp);
+}
+
+// dL/dp and dL/d(aux pre-activation) from dL/dg.
+template <typename T, int AUX> inline void gate_grad(T dg, T p, T a, T& dp, T& dza) {
+  if (AUX == 0) { dp = dg; dza = 0; return; }
+  T q = p - p * p, sa = a - a * a;
+  if (AUX == 2) { dp = dg * (T(2) * p + T(2) * a * (T(1) - T(2) * p)); dza = dg * T(2) * q * sa; }
+  else { dp = dg * (T(2) * p * (T(1) - a) + a); dza = dg * q * sa; }
+}
+
+template <typename T> void cumax_row(const T* z, T* p, int64_t H) {
+  T m = z[0];
+  for (int64_t j = 1; j < H; ++j) m = std::max(m, z[j]);
+  T sum = 0;
+  for (int64_t j = 0; j < H; ++j) { p[j] = std::exp(z[j] - m); sum += p[j]; }
+  T acc = 0;
+  for (int64_t j = 0; j < H; ++j) { acc += p[j] / sum; p[j] = acc; }
+}
+
+// In place: dp (the gradient w.r.t. the cumax output p) becomes the gradient w.r.t. its input.
+template <typename T> void cumax_row_backward(const T* p, T* dp, int64_t H) {
+  T acc = 0, dot = 0;
+  for (int64_t j = H - 1; j >= 0; --j) { acc += dp[j]; dp[j] = acc; }  // reverse cumsum
+  for (int64_t j = 0; j < H; ++j) dot += (p[j] - (j ? p[j - 1] : T(0))) * dp[j];
+  for (int64_t j = 0; j < H; ++j) dp[j] = (p[j] - (j ? p[j - 1] : T(0))) * (dp[j] - dot);
+}
+
+int64_t grain(int64_t H) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(H, 1)); }
+
+// h <- h * keep (row-wise), written to out.
+template <typename T> void masked_copy(const T* h, const T* keep, T* out, int64_t B, int64_t H) {
+  for (int64_t b = 0; b < B; ++b) {
+    T k = keep ? keep[b] : T(1);
+    for (int64_t j = 0; j < H; ++j) out[b * H + j] = h[b * H + j] * k;
+  }
+}
+
+template <typename T> void scale_rows(T* x, const T* keep, int64_t B, int64_t H) {
+  if (!keep) return;
+  for (int64_t b = 0; b < B; ++b)
+    if (keep[b] != T(1))
+      for (int64_t j = 0; j < H; ++j) x[b * H + j] *= keep[b];
+}
+
+// ---------------------------------------------------------------- LSTM grid
+template <typename T, int AUX>
+std::vector<Tensor> lstm_fwd_impl(const Tensor& xz, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
+                                  const T* keep, bool cumax) {
+  const int64_t Tn = xz.size(0), B = xz.size(1), NH = xz.size(2), H = h0.size(1);
+  const int64_t nb = NH / H, ou = (nb - 2) * H, oo = (nb - 1) * H;
+  auto opt = xz.options();
+  Tensor ys = at::empty({Tn, B, H}, opt), S = at::empty({Tn, B, NH}, opt), G = at::empty({Tn, B, H}, opt);
+  Tensor C = at::empty({Tn, B, H}, opt), Hp = at::empty({Tn, B, H}, opt), Cp = at::empty({Tn, B, H}, opt);
+  Tensor w_t = w_hh.t();
+  const T *hlast = h0.data_ptr<T>(), *clast = c0.data_ptr<T>();
+  for (int64_t t = 0; t < Tn; ++t) {
+    T* hp = Hp[t].data_ptr<T>();
+    T* cp = Cp[t].data_ptr<T>();
+    const T* kt = keep ? keep + t * B : nullptr;
+    masked_copy(hlast, kt, hp, B, H);
+    masked_copy(clast, kt, cp, B, H);
+    Tensor st = S[t];
+    at::addmm_out(st, xz[t], Hp[t], w_t);  // pre-activations, activated in place below
+    T *s = st.data_ptr<T>(), *g = G[t].data_ptr<T>(), *c = C[t].data_ptr<T>(), *y = ys[t].data_ptr<T>();
+    at::parallel_for(0, B, grain(NH), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        T *sr = s + b * NH, *gr = g + b * H, *cr = c + b * H, *yr = y + b * H;
+        const T* cpr = cp + b * H;
+        if (cumax) cumax_row(sr, sr, H);
+#pragma GCC ivdep
+        for (int64_t j = 0; j < H; ++j) {
+          T p = cumax ? sr[j] : sigm(sr[j]);
+          T a = AUX ? sigm(sr[H + j]) : T(0);
+          T u = tanh_(sr[ou + j]);
+          T o = sigm(sr[oo + j]);
+          T gg = effective<T, AUX>(p, a);
+          T cc = u + gg * (cpr[j] - u);
+          sr[j] = p;
+          if (AUX) sr[H + j] = a;
+          sr[ou + j] = u;
+          sr[oo + j] = o;
+          gr[j] = gg;
+          cr[j] = cc;
+          yr[j] = o * tanh_(cc);
+        }
+      }
+    });
+    hlast = y;
+    clast = c;
+  }
+  Tensor hT = ys[Tn - 1].clone(), cT = C[Tn - 1].clone();
+  return {ys, hT, cT, G, S, C, Hp, Cp};
+}
+
+template <typename T, int AUX>
+std::vector<Tensor> lstm_bwd_impl(const Tensor& dy, const Tensor& dhT, const Tensor& dcT, const Tensor& S,
+                                  const Tensor& G, const Tensor& C, const Tensor& Hp, const Tensor& Cp,
+                                  const Tensor& w_hh, const T* keep, bool cumax) {
+  const int64_t Tn = S.size(0), B = S.size(1), NH = S.size(2), H = G.size(2);
+  const int64_t nb = NH / H, ou = (nb - 2) * H, oo = (nb - 1) * H;
+  Tensor dZ = at::empty_like(S), dh = dhT.clone(), dc = dcT.clone();
+  T *dhp = dh.data_ptr<T>(), *dcp = dc.data_ptr<T>();
+  for (int64_t t = Tn - 1; t >= 0; --t) {
+    const T *s = S[t].data_ptr<T>(), *g = G[t].data_ptr<T>(), *c = C[t].data_ptr<T>(), *cp = Cp[t].data_ptr<T>();
+    const T* dyt = dy[t].data_ptr<T>();
+    T* dz = dZ[t].data_ptr<T>();
+    at::parallel_for(0, B, grain(NH), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const T *sr = s + b * NH, *gr = g + b * H, *cr = c + b * H, *cpr = cp + b * H, *dyr = dyt + b * H;
+        T *dzr = dz + b * NH, *dhr = dhp + b * H, *dcr = dcp + b * H;
+#pragma GCC ivdep
+        for (int64_t j = 0; j < H; ++j) {
+          T p = sr[j], a = AUX ? sr[H + j] : T(0), u = sr[ou + j], o = sr[oo + j], gg = gr[j];
+          T dhv = dhr[j] + dyr[j];
+          T tc = tanh_(cr[j]);
+          T dcv = dcr[j] + dhv * o * (T(1) - tc * tc);
+          dzr[oo + j] = dhv * tc * (o - o * o);
+          dzr[ou + j] = dcv * (T(1) - gg) * (T(1) - u * u);
+          T dp, dza;
+          gate_grad<T, AUX>(dcv * (cpr[j] - u), p, a, dp, dza);
+          dzr[j] = cumax ? dp : dp * (p - p * p);
+          if (AUX) dzr[H + j] = dza;
+          dcr[j] = dcv * gg;
+        }
+        if (cumax) cumax_row_backward(sr, dzr, H);
+      }
+    });
+    at::mm_out(dh, dZ[t], w_hh);
+    const T* kt = keep ? keep + t * B : nullptr;
+    scale_rows(dhp, kt, B, H);
+    scale_rows(dcp, kt, B, H);
+  }
+  Tensor dW = at::mm(dZ.view({Tn * B, NH}).t(), Hp.view({Tn * B, H}));
+  return {dZ, dh, dc, dW};
+}
+
+// ---------------------------------------------------------------- GRU grid
+template <typename T, int AUX>
+std::vector<Tensor> gru_fwd_impl(const Tensor& xz, const Tensor& h0, const Tensor& w_hh, const Tensor& b_hh,
+                                 const T* keep, bool cumax) {
+  const int64_t Tn = xz.size(0), B = xz.size(1), NH = xz.size(2), H = h0.size(1);
+  auto opt = xz.options();
+  Tensor ys = at::empty({Tn, B, H}, opt), S = at::empty({Tn, B, NH}, opt), G = at::empty({Tn, B, H}, opt);
+  Tensor HN = at::empty({Tn, B, H}, opt), Hp = at::empty({Tn, B, H}, opt), hz = at::empty({B, NH}, opt);
+  Tensor w_t = w_hh.t();
+  const T* hlast = h0.data_ptr<T>();
+  for (int64_t t = 0; t < Tn; ++t) {
+    T* hp = Hp[t].data_ptr<T>();
+    masked_copy(hlast, keep ? keep + t * B : nullptr, hp, B, H);
+    at::addmm_out(hz, b_hh, Hp[t], w_t);
+    const T *x = xz[t].data_ptr<T>(), *hzp = hz.data_ptr<T>();
+    T *s = S[t].data_ptr<T>(), *g = G[t].data_ptr<T>(), *hn = HN[t].data_ptr<T>(), *y = ys[t].data_ptr<T>();
+    at::parallel_for(0, B, grain(NH), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const T *xr = x + b * NH, *hr = hzp + b * NH, *hpr = hp + b * H;
+        T *sr = s + b * NH, *gr = g + b * H, *hnr = hn + b * H, *yr = y + b * H;
+        if (cumax) {
+          for (int64_t j = 0; j < H; ++j) sr[H + j] = xr[H + j] + hr[H + j];
+          cumax_row(sr + H, sr + H, H);
+        }
+#pragma GCC ivdep
+        for (int64_t j = 0; j < H; ++j) {
+          T r = sigm(xr[j] + hr[j]);
+          T p = cumax ? sr[H + j] : sigm(xr[H + j] + hr[H + j]);
+          T n = tanh_(xr[2 * H + j] + r * hr[2 * H + j]);
+          T a = AUX ? sigm(xr[3 * H + j] + hr[3 * H + j]) : T(0);
+          T gg = effective<T, AUX>(p, a);
+          sr[j] = r;
+          sr[H + j] = p;
+          sr[2 * H + j] = n;
+          if (AUX) sr[3 * H + j] = a;
+          hnr[j] = hr[2 * H + j];
+          gr[j] = gg;
+          yr[j] = n + gg * (hpr[j] - n);
+        }
+      }
+    });
+    hlast = y;
+  }
+  return {ys, ys[Tn - 1].clone(), G, S, HN, Hp};
+}
+
+template <typename T, int AUX>
+std::vector<Tensor> gru_bwd_impl(const Tensor& dy, const Tensor& dhT, const Tensor& S, const Tensor& HN,
+                                 const Tensor& G, const Tensor& Hp, const Tensor& w_hh, const T* keep, bool cumax) {
+  const int64_t Tn = S.size(0), B = S.size(1), NH = S.size(2), H = G.size(2);
+  Tensor dX = at::empty_like(S), dHZ = at::empty_like(S), dh = dhT.clone(), dnext = at::empty_like(dhT);
+  T *dhp = dh.data_ptr<T>(), *dnp = dnext.data_ptr<T>();
+  for (int64_t t = Tn - 1; t >= 0; --t) {
+    const T *s = S[t].data_ptr<T>(), *g = G[t].data_ptr<T>(), *hn = HN[t].data_ptr<T>(), *hp = Hp[t].data_ptr<T>();
+    const T* dyt = dy[t].data_ptr<T>();
+    T *dx = dX[t].data_ptr<T>(), *dhz = dHZ[t].data_ptr<T>();
+    at::parallel_for(0, B, grain(NH), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const T *sr = s + b * NH, *gr = g + b * H, *hnr = hn + b * H, *hpr = hp + b * H, *dyr = dyt + b * H;
+        T *dxr = dx + b * NH, *dhzr = dhz + b * NH, *dhr = dhp + b * H, *dnr = dnp + b * H;
+#pragma GCC ivdep
+        for (int64_t j = 0; j < H; ++j) {
+          T r = sr[j], p = sr[H + j], n = sr[2 * H + j], a = AUX ? sr[3 * H + j] : T(0), gg = gr[j];
+          T dhv = dhr[j] + dyr[j];
+          T dnpre = dhv * (T(1) - gg) * (T(1) - n * n);
+          T drpre = dnpre * hnr[j] * (r - r * r);
+          T dp, dza;
+          gate_grad<T, AUX>(dhv * (hpr[j] - n), p, a, dp, dza);
+          dxr[j] = drpre;
+          dxr[H + j] = cumax ? dp : dp * (p - p * p);
+          dxr[2 * H + j] = dnpre;
+          if (AUX) dxr[3 * H + j] = dza;
+          dnr[j] = dhv * gg;
+        }
+        if (cumax) cumax_row_backward(sr + H, dxr + H, H);
+        std::memcpy(dhzr, dxr, sizeof(T) * NH);
+        for (int64_t j = 0; j < H; ++j) dhzr[2 * H + j] = dxr[2 * H + j] * sr[j];
+      }
+    });
+    at::addmm_out(dh, dnext, dHZ[t], w_hh);
+    scale_rows(dhp, keep ? keep + t * B : nullptr, B, H);
+  }
+  Tensor dW = at::mm(dHZ.view({Tn * B, NH}).t(), Hp.view({Tn * B, H}));
+  return {dX, dh, dW, dHZ.sum({0, 1})};
+}
+
+// ---------------------------------------------------------------- dispatch
+template <typename T> const T* keep_ptr(const c10::optional<Tensor>& keep) {
+  return keep.has_value() && keep->defined() ? keep->data_ptr<T>() : nullptr;
+}
+
+#define DISPATCH_AUX(aux, FN, ...)                   \
+  switch (aux) {                                     \
+    case 0: return FN<scalar_t, 0>(__VA_ARGS__);     \
+    case 1: return FN<scalar_t, 1>(__VA_ARGS__);     \
+    default: return FN<scalar_t, 2>(__VA_ARGS__);    \
+  }
+
+std::vector<Tensor> lstm_fwd(const Tensor& xz, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
+                             const c10::optional<Tensor>& keep, int64_t primary, int64_t aux) {
+  Tensor x = xz.contiguous(), h = h0.contiguous(), c = c0.contiguous(), w = w_hh.contiguous();
+  c10::optional<Tensor> k = keep.has_value() ? c10::optional<Tensor>(keep->contiguous()) : keep;
+  return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_fwd", [&]() -> std::vector<Tensor> {
+    DISPATCH_AUX(aux, lstm_fwd_impl, x, h, c, w, keep_ptr<scalar_t>(k), primary == 1)
+  });
+}
+
+std::vector<Tensor> lstm_bwd(const Tensor& dy, const Tensor& dhT, const Tensor& dcT, const Tensor& S,
+                             const Tensor& G, const Tensor& C, const Tensor& Hp, const Tensor& Cp,
+                             const Tensor& w_hh, const c10::optional<Tensor>& keep, int64_t primary, int64_t aux) {
+  Tensor dyc = dy.contiguous(), w = w_hh.contiguous();
+  c10::optional<Tensor> k = keep.has_value() ? c10::optional<Tensor>(keep->contiguous()) : keep;
+  return AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "lstm_bwd", [&]() -> std::vector<Tensor> {
+    DISPATCH_AUX(aux, lstm_bwd_impl, dyc, dhT.contiguous(), dcT.contiguous(), S, G, C, Hp, Cp, w,
+                 keep_ptr<scalar_t>(k), primary == 1)
+  });
+}
+
+std::vector<Tensor> gru_fwd(const Tensor& xz, const Tensor& h0, const Tensor& w_hh, const Tensor& b_hh,
+                            const c10::optional<Tensor>& keep, int64_t primary, int64_t aux) {
+  Tensor x = xz.contiguous(), h = h0.contiguous(), w = w_hh.contiguous(), bh = b_hh.contiguous();
+  c10::optional<Tensor> k = keep.has_value() ? c10::optional<Tensor>(keep->contiguous()) : keep;
+  return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gru_fwd", [&]() -> std::vector<Tensor> {
+    DISPATCH_AUX(aux, gru_fwd_impl, x, h, w, bh, keep_ptr<scalar_t>(k), primary == 1)
+  });
+}
+
+std::vector<Tensor> gru_bwd(const Tensor& dy, const Tensor& dhT, const Tensor& S, const Tensor& HN,
+                            const Tensor& G, const Tensor& Hp, const Tensor& w_hh,
+                            const c10::optional<Tensor>& keep, int64_t primary, int64_t aux) {
+  Tensor dyc = dy.contiguous(), w = w_hh.contiguous();
+  c10::optional<Tensor> k = keep.has_value() ? c10::optional<Tensor>(keep->contiguous()) : keep;
+  return AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "gru_bwd", [&]() -> std::vector<Tensor> {
+    DISPATCH_AUX(aux, gru_bwd_impl, dyc, dhT.contiguous(), S, HN, G, Hp, w, keep_ptr<scalar_t>(k), primary == 1)
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY(urlstm_scan, m) {
+  m.def("lstm_fwd(Tensor xz, Tensor h0, Tensor c0, Tensor w_hh, Tensor? keep, int primary, int aux) -> Tensor[]");
+  m.def("lstm_bwd(Tensor dy, Tensor dhT, Tensor dcT, Tensor S, Tensor G, Tensor C, Tensor Hp, Tensor Cp, "
+        "Tensor w_hh, Tensor? keep, int primary, int aux) -> Tensor[]");
+  m.def("gru_fwd(Tensor xz, Tensor h0, Tensor w_hh, Tensor b_hh, Tensor? keep, int primary, int aux) -> Tensor[]");
+  m.def("gru_bwd(Tensor dy, Tensor dhT, Tensor S, Tensor HN, Tensor G, Tensor Hp, Tensor w_hh, Tensor? keep, "
+        "int primary, int aux) -> Tensor[]");
+}
+
+TORCH_LIBRARY_IMPL(urlstm_scan, CPU, m) {
+  m.impl("lstm_fwd", &lstm_fwd);
+  m.impl("lstm_bwd", &lstm_bwd);
+  m.impl("gru_fwd", &gru_fwd);
+  m.impl("gru_bwd", &gru_bwd);
+}
