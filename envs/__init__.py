@@ -1,14 +1,14 @@
 """Memory tasks: batched native envs registered under ``urlstm/``, and ``make`` for any Gymnasium id.
 
 ``envs.make(env_id, num_envs, seed=None, **kwargs)`` returns a ``gymnasium.vector.VectorEnv`` with
-SAME_STEP autoreset; see :mod:`envs.make`. Single-env versions of the native tasks are registered
+SAME_STEP autoreset; see :mod:`envs.factory`. Single-env versions of the native tasks are registered
 with Gymnasium (``gym.make("urlstm/TMazePassive-v0", length=100)``), and their batched versions as
 vector entry points (``gym.make_vec(..., vectorization_mode="vector_entry_point")``).
 """
 
 import gymnasium as gym
 
-from envs.make import ALIASES, NATIVE, make
+from envs.factory import ALIASES, NATIVE, make
 
 _SINGLE = {
     "urlstm/TMazePassive-v0": ("envs.tmaze:TMazePassiveEnv", {"length": 50}),

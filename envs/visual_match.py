@@ -14,7 +14,9 @@ Three phases, with the agent moved to the next room when a phase's time is up:
    enters at the centre, 10 apples at random cells; walking onto one gives reward 1 and respawns it
    at a random free cell. The cue is never visible.
 3. Choice, up to 15 steps: room 7x7 (interior 5x5, all of it in view from the centre where the agent
-   enters) with the 3 coloured squares at 3 random distinct cells. Moving into the square of the
+   enters) with the 3 coloured squares at 3 random distinct cells among the 8 cells with even
+   interior coordinates other than the centre, so squares never touch each other or the entry cell
+   and each one can be reached in at most 4 steps. Moving into the square of the
    cue's colour gives reward 5 and ends the episode with ``success`` 1; moving into another ends it
    with 0 reward and ``success`` 0; touching none within 15 steps ends it with ``success`` 0.
 
@@ -61,15 +63,17 @@ _ROOMS = {"cue": _room(_CUE_MAP), "distractor": _room(_DISTRACTOR_MAP), "choice"
 _CUE_CELL, _ACTIVE_START, _PASSIVE_START = _at(2, 7), _at(2, 2), _at(2, 6)
 _DISTRACTOR_ENTRY, _CHOICE_ENTRY = _at(4, 5), _at(3, 3)
 _DISTRACTOR_CELLS = np.flatnonzero(_ROOMS["distractor"] == FLOOR)  # [63]
-_CHOICE_CELLS = np.flatnonzero(_ROOMS["choice"] == FLOOR)  # [25]
+_CHOICE_CELLS = np.array(
+    [_at(r, c) for r in (1, 3, 5) for c in (1, 3, 5) if (r, c) != (3, 3)], dtype=np.int64
+)  # [8] square positions: even interior coordinates, not the centre
 _MOVES = np.array([1, -_W, -1, _W], dtype=np.int64)  # right, up, left, down
 _VIEW = np.array([r * _W + c for r in range(-2, 3) for c in range(-2, 3)], dtype=np.int64)  # [25]
 _STREAM_CUE, _STREAM_APPLES, _STREAM_CHOICE, _STREAM_RESPAWN = 0, 1, 2, 16
 
 
 def _top_k(u: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest entries of each row of u [K, C] (distinct, random order)."""
-    return np.argpartition(-u, k - 1, axis=1)[:, :k]
+    """Indices [K, k] of the k largest entries of each row of u [K, C], largest first."""
+    return np.argsort(-u, axis=1, kind="stable")[:, :k]
 
 
 class VisualMatchVector(BatchedEnv):
@@ -123,8 +127,7 @@ class VisualMatchVector(BatchedEnv):
         self._pos[idx] = _DISTRACTOR_ENTRY
 
     def _enter_choice(self, idx: np.ndarray) -> None:
-        u = self._uniform(idx, _STREAM_CHOICE, len(_CHOICE_CELLS))  # [K, 25]
-        u[:, _CHOICE_CELLS == _CHOICE_ENTRY] = -1.0
+        u = self._uniform(idx, _STREAM_CHOICE, len(_CHOICE_CELLS))  # [K, 8]
         cells = _CHOICE_CELLS[_top_k(u, 3)]  # [K, 3], square j has colour RED + j
         self._grid[idx] = _ROOMS["choice"]
         self._grid[idx[:, None], cells] = np.array([RED, GREEN, BLUE], dtype=np.uint8)

@@ -1,0 +1,350 @@
+"""Native tasks: check_env, batched == single envs == gymnasium's SyncVectorEnv, a scalar reference
+written from envs.md, scripted optimal and memoryless policies, autoreset boundaries, seeding."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+from gymnasium.vector import AutoresetMode
+
+import envs
+from envs.visual_match import CUE_STEPS, PALETTE, RED
+
+SMALL = {
+    "urlstm/TMazePassive-v0": {"length": 5},
+    "urlstm/TMazeActive-v0": {"length": 5},
+    "urlstm/MemoryChain-v0": {"length": 4, "num_bits": 3},
+    "urlstm/VisualMatchPassive-v0": {"distractor_steps": 6},
+    "urlstm/VisualMatchActive-v0": {"distractor_steps": 6},
+}
+
+
+@pytest.mark.parametrize("env_id", envs.NATIVE_IDS)
+def test_check_env(env_id: str) -> None:
+    env = gym.make(env_id)
+    check_env(env.unwrapped)
+    for mode in env.unwrapped.metadata["render_modes"]:
+        frame = gym.make(env_id, render_mode=mode)
+        frame.reset(seed=0)
+        img = frame.render()
+        assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
+
+
+def _random_actions(space: gym.Space, steps: int, n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, space.n, size=(steps, n))  # [T, N]
+
+
+@pytest.mark.parametrize("env_id", envs.NATIVE_IDS)
+def test_batched_equals_single_envs(env_id: str) -> None:
+    """Env i of a batch seeded with s replays a single env seeded with s + i, across autoresets."""
+    n, seed, steps = 4, 7, 80
+    venv = envs.make(env_id, n, seed=seed, **SMALL[env_id])
+    singles = [gym.make(env_id, **SMALL[env_id]) for _ in range(n)]
+    obs, _ = venv.reset()
+    for i, env in enumerate(singles):
+        np.testing.assert_array_equal(obs[i], env.reset(seed=seed + i)[0])
+    ends = 0
+    for a in _random_actions(venv.single_action_space, steps, n):
+        obs, rew, term, trunc, info = venv.step(a)
+        assert not trunc.any()
+        for i, env in enumerate(singles):
+            o, r, te, tr, inf = env.step(a[i])
+            assert (r, te, tr) == (pytest.approx(float(rew[i])), bool(term[i]), False)
+            if te:
+                ends += 1
+                np.testing.assert_array_equal(info["final_obs"][i], o)
+                assert info["_success"][i] and info["success"][i] == inf["success"]
+                o = env.reset()[0]
+            else:
+                assert "_final_obs" not in info or not info["_final_obs"][i]
+            np.testing.assert_array_equal(obs[i], o)
+    assert ends >= n
+
+
+@pytest.mark.parametrize("env_id", envs.NATIVE_IDS)
+def test_batched_equals_gymnasium_sync_vector_env(env_id: str) -> None:
+    """Same obs, rewards and info (final_obs, episode, success) as gymnasium's SAME_STEP vector env."""
+    n, seed = 3, 11
+    fast = envs.make(env_id, n, seed=seed, **SMALL[env_id])
+    slow = envs.make(env_id, n, seed=seed, vectorization="sync", **SMALL[env_id])
+    for venv in (fast, slow):
+        assert venv.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
+    assert fast.single_observation_space == slow.single_observation_space
+    assert fast.single_action_space == slow.single_action_space
+    np.testing.assert_array_equal(fast.reset()[0], slow.reset()[0])
+    for a in _random_actions(fast.single_action_space, 60, n, seed=1):
+        f, s = fast.step(a), slow.step(a)
+        for x, y in zip(f[:4], s[:4]):
+            np.testing.assert_allclose(x, y)
+        fi, si = f[4], s[4]
+        assert ("_episode" in fi) == ("_episode" in si)
+        if "_episode" in fi:
+            for key in ("_final_obs", "_episode", "_success", "success"):
+                np.testing.assert_array_equal(fi[key], si[key])
+            for key in ("r", "l"):
+                np.testing.assert_allclose(fi["episode"][key], si["episode"][key], rtol=1e-6)
+            assert fi["episode"]["r"].dtype == np.float32 and fi["episode"]["l"].dtype == np.int32
+            for i in np.flatnonzero(fi["_final_obs"]):
+                np.testing.assert_array_equal(fi["final_obs"][i], si["final_obs"][i])
+            assert all(fi["final_obs"][i] is None for i in np.flatnonzero(~fi["_final_obs"]))
+    fast.close()
+    slow.close()
+
+
+# ---- scalar references written from envs.md ---------------------------------------------------
+def _tmaze_reference(length: int, active: bool, goal: int, actions: list[int]) -> list[tuple]:
+    moves = {0: (1, 0), 1: (0, 1), 2: (-1, 0), 3: (0, -1)}
+    x, y, t = 0, 0, 0
+    horizon = length + (3 if active else 1)
+    lag = 2 if active else 0
+    out = []
+    for a in actions:
+        dx, dy = moves[a]
+        nx, ny = x + dx, y + dy
+        cue_x = -1 if active else 0
+        in_corridor = ny == 0 and cue_x <= nx <= length
+        at_goal = nx == length and ny in (-1, 1)
+        if (in_corridor or at_goal) and (dy == 0 or x == length):
+            x, y = nx, ny
+        t += 1
+        if t == horizon:
+            reward = 1.0 if (x, y) == (length, goal) else 0.0
+        else:
+            reward = -1.0 / length if x < t - lag else 0.0
+        if x == length:
+            obs = (1.0, float(y))
+        elif (active and x == -1) or (not active and t == 0):
+            obs = (0.0, float(goal))
+        else:
+            obs = (0.0, 0.0)
+        out.append((obs, reward, t == horizon))
+        if t == horizon:
+            break
+    return out
+
+
+@pytest.mark.parametrize("active", [False, True])
+def test_tmaze_matches_reference(active: bool) -> None:
+    length = 4
+    env = gym.make("urlstm/TMazeActive-v0" if active else "urlstm/TMazePassive-v0", length=length)
+    rng = np.random.default_rng(3)
+    for episode in range(40):
+        obs, _ = env.reset(seed=episode)
+        goal = int(env.unwrapped._core._goal[0])
+        if not active:
+            assert tuple(obs) == (0.0, goal)
+        # biased towards "right" so that the junction and both goals are visited often
+        actions = rng.choice(4, size=length + 3, p=[0.55, 0.15, 0.15, 0.15]).tolist()
+        for (ref_obs, ref_r, ref_done), a in zip(_tmaze_reference(length, active, goal, actions), actions):
+            o, r, done, trunc, _ = env.step(a)
+            assert tuple(o) == ref_obs and r == pytest.approx(ref_r) and done == ref_done
+
+
+def test_memory_chain_matches_reference() -> None:
+    length, bits = 3, 4
+    env = gym.make("urlstm/MemoryChain-v0", length=length, num_bits=bits)
+    for episode in range(30):
+        obs, _ = env.reset(seed=episode)
+        context, query = obs[2:].copy(), int(env.unwrapped._core._query[0])
+        assert set(context.tolist()) <= {-1.0, 1.0} and obs[0] == 1.0 and obs[1] == 0.0
+        for t in range(1, length + 2):
+            a = episode % 2
+            obs, r, done, _, info = env.step(a)
+            assert obs[0] == pytest.approx(1 - t / length)
+            assert obs[1] == (query if t == length else 0) and not obs[2:].any()
+            correct = (a == 1) == (context[query] > 0)
+            assert r == ((1.0 if correct else -1.0) if t == length + 1 else 0.0)
+            assert done == (t == length + 1)
+        assert info["success"] == float(correct)
+
+
+# ---- scripted optimal and memoryless policies --------------------------------------------------
+def _rate(info_log: list[dict]) -> tuple[float, int]:
+    s = np.concatenate([i["success"][i["_success"]] for i in info_log if "_success" in i])
+    return float(s.mean()), len(s)
+
+
+def _run(venv, policy, steps: int) -> list[dict]:
+    obs, _ = venv.reset()
+    log = []
+    for t in range(steps):
+        obs, _, _, _, info = venv.step(policy(obs, t))
+        log.append(info)
+    return log
+
+
+@pytest.mark.parametrize("active", [False, True])
+def test_tmaze_optimal_and_memoryless(active: bool) -> None:
+    n, length = 2048, 10
+    venv = envs.make("tmaze-active" if active else "tmaze-passive", n, seed=0, length=length)
+    horizon = venv.unwrapped.episode_length
+    goal = np.zeros(n)
+
+    def optimal(obs: np.ndarray, t: int) -> np.ndarray:
+        k = t % horizon
+        cue_step = 1 if active else 0
+        if k == cue_step:  # obs after reset (passive) or after stepping left (active)
+            goal[:] = obs[:, 1]
+        if active and k == 0:
+            return np.full(n, 2)
+        if k == horizon - 1:
+            return np.where(goal > 0, 1, 3)
+        return np.zeros(n, dtype=np.int64)
+
+    log = _run(venv, optimal, 2 * horizon)
+    assert _rate(log) == (1.0, 2 * n)
+    returns = np.concatenate([i["episode"]["r"] for i in log if "episode" in i])
+    np.testing.assert_allclose(returns, 1.0, rtol=1e-6)
+
+    def memoryless(obs: np.ndarray, t: int) -> np.ndarray:  # go right, then up at the junction
+        return np.where(obs[:, 0] == 1, 1, 0)
+
+    rate, count = _rate(_run(venv, memoryless, 2 * horizon))
+    assert count == 2 * n and abs(rate - 0.5) < 0.03
+
+
+def test_memory_chain_optimal_and_memoryless() -> None:
+    n, length, bits = 2048, 6, 3
+    venv = envs.make("memory-chain", n, seed=0, length=length, num_bits=bits)
+    context = np.zeros((n, bits))
+
+    def optimal(obs: np.ndarray, t: int) -> np.ndarray:
+        if t % (length + 1) == 0:
+            context[:] = obs[:, 2:]
+        query = obs[:, 1].astype(np.int64)
+        return (context[np.arange(n), query] > 0).astype(np.int64)
+
+    assert _rate(_run(venv, optimal, 2 * (length + 1))) == (1.0, 2 * n)
+    rate, count = _rate(_run(venv, lambda obs, t: (obs[:, 1] > 0).astype(np.int64), 2 * (length + 1)))
+    assert count == 2 * n and abs(rate - 0.5) < 0.03
+
+
+def _colour_offsets(obs: np.ndarray, colour: int) -> tuple[int, int] | None:
+    """(row, col) offset from the agent of the square of ``colour`` in one 5x5x3 view."""
+    hits = np.argwhere((obs == PALETTE[RED + colour]).all(axis=-1))
+    return None if len(hits) == 0 else (int(hits[0][0]) - 2, int(hits[0][1]) - 2)
+
+
+def _path_to(dr: int, dc: int) -> list[int]:
+    """Actions (0 right, 1 up, 2 left, 3 down) from the choice-room centre into the square at
+    (dr, dc), walking on odd rows/columns where no square can be."""
+    right_left = [0] * dc if dc > 0 else [2] * -dc
+    if dr == 0:
+        return right_left
+    vertical = 1 if dr < 0 else 3
+    if dc == 0:
+        return [vertical] * abs(dr)
+    return [vertical] + right_left + [vertical]
+
+
+def _scripted_visual_match(venv, d: int, blind: bool) -> tuple[list[float], list[int]]:
+    """Scripted agent: notes the cue's colour in the first room (walking right, which shows it in
+    the active room), idles in the distractor room, then walks straight into the square of that
+    colour; ``blind`` replaces the colour by red (no memory of the cue). Two episodes per env."""
+    n = venv.num_envs
+    horizon = CUE_STEPS + d  # steps before the choice room
+    cue = np.zeros(n, dtype=np.int64)
+    plans: list[list[int]] = [[] for _ in range(n)]
+    k = np.zeros(n, dtype=np.int64)  # step within the episode
+    obs, _ = venv.reset()
+    successes, lengths = [], []
+    for _ in range(2 * (horizon + 4)):
+        actions = np.zeros(n, dtype=np.int64)  # right
+        for i in range(n):
+            if k[i] < CUE_STEPS and not blind:
+                for colour in range(3):
+                    if _colour_offsets(obs[i], colour) is not None:
+                        cue[i] = colour
+            if k[i] == horizon:
+                plans[i] = _path_to(*_colour_offsets(obs[i], cue[i]))
+            if k[i] >= horizon:
+                actions[i] = plans[i].pop(0)
+        obs, _, term, _, info = venv.step(actions)
+        k += 1
+        k[term] = 0
+        if "_success" in info:
+            successes += info["success"][info["_success"]].tolist()
+            lengths += info["episode"]["l"][info["_episode"]].tolist()
+    return successes, lengths
+
+
+@pytest.mark.parametrize("active", [False, True])
+def test_visual_match_optimal_and_memoryless(active: bool) -> None:
+    n, d = 600, 4
+    venv = envs.make("visual-match-active" if active else "visual-match-passive", n, seed=0,
+                     distractor_steps=d)
+    successes, lengths = _scripted_visual_match(venv, d, blind=False)
+    assert len(successes) == 2 * n and np.mean(successes) == 1.0
+    assert max(lengths) <= CUE_STEPS + d + 4
+    successes, _ = _scripted_visual_match(venv, d, blind=True)
+    assert len(successes) == 2 * n and abs(np.mean(successes) - 1 / 3) < 0.05
+
+
+# ---- visual match phases, autoreset, seeding ---------------------------------------------------
+def test_visual_match_cue_visibility_and_distractor() -> None:
+    colours = PALETTE[RED : RED + 3]
+    passive = envs.make("visual-match-passive", 64, seed=0, distractor_steps=8)
+    active = envs.make("visual-match-active", 64, seed=0, distractor_steps=8)
+    seen = lambda o: (o[:, :, :, None, :] == colours).all(-1).any(axis=(1, 2))  # noqa: E731  [N, 3]
+    po, ao = passive.reset()[0], active.reset()[0]
+    assert (seen(po).sum(1) == 1).all() and not seen(ao).any()
+    cue = seen(po).argmax(1)
+    ao = [active.step(np.zeros(64, dtype=np.int64))[0] for _ in range(3)][-1]  # walk right x3
+    assert seen(ao).any(1).all()
+    np.testing.assert_array_equal(seen(ao).argmax(1), cue)
+    apples = 0.0
+    for t in range(3, CUE_STEPS + 8):
+        o, r, *_ = active.step(np.random.default_rng(t).integers(0, 4, 64))
+        if t >= CUE_STEPS - 1 and t < CUE_STEPS + 7:  # obs in the distractor room
+            assert not seen(o).any()
+            apples += r.sum()
+            assert ((o == PALETTE[1]).all(-1).sum((1, 2)) <= 10).all()
+    assert apples > 0
+
+
+def test_autoreset_boundary() -> None:
+    n, length = 5, 3
+    venv = envs.make("tmaze-passive", n, seed=3, length=length)
+    obs0, info = venv.reset()
+    assert info == {}
+    for t in range(1, length + 2):
+        obs, rew, term, trunc, info = venv.step(np.zeros(n, dtype=np.int64))
+        if t <= length:
+            assert not term.any() and info == {}
+    assert term.all() and not trunc.any()
+    assert info["_episode"].all() and (info["episode"]["l"] == length + 1).all()
+    np.testing.assert_allclose(info["episode"]["r"], rew, rtol=1e-6)  # right x3, stay: no penalty
+    assert info["_final_obs"].all() and all((f == [1, 0]).all() for f in info["final_obs"])
+    assert (obs[:, 0] == 0).all() and (np.abs(obs[:, 1]) == 1).all()  # next episode's cue
+    fresh = envs.make("tmaze-passive", n, seed=3, length=length)
+    np.testing.assert_array_equal(fresh.reset()[0], obs0)
+    np.testing.assert_array_equal(fresh.reset()[0], obs)  # reset() without seed: next episodes
+
+
+@pytest.mark.parametrize("env_id", envs.NATIVE_IDS)
+def test_seeding(env_id: str) -> None:
+    def rollout(seed: int | None) -> list[np.ndarray]:
+        venv = envs.make(env_id, 8, seed=seed, **SMALL[env_id])
+        out = [venv.reset()[0]]
+        for a in _random_actions(venv.single_action_space, 30, 8):
+            out += [venv.step(a)[0]]
+        return out
+
+    a, b, c = rollout(1), rollout(1), rollout(2)
+    assert all((x == y).all() for x, y in zip(a, b))
+    assert not all((x == y).all() for x, y in zip(a, c))
+
+
+def test_vector_entry_point_and_render() -> None:
+    venv = gym.make_vec("urlstm/TMazePassive-v0", 3, vectorization_mode="vector_entry_point",
+                        length=7)
+    assert venv.num_envs == 3 and venv.unwrapped.length == 7
+    venv = envs.make("visual-match-active", 2, seed=0, render_mode="rgb_array")
+    venv.reset()
+    frames = venv.render()
+    assert len(frames) == 2 and frames[0].shape == (148, 176, 3) and frames[0].dtype == np.uint8
+    venv = envs.make("tmaze-passive", 2, seed=0, length=200, render_mode="rgb_array")
+    venv.reset()
+    assert venv.render()[0].shape == (24, 512, 3)
