@@ -218,16 +218,22 @@ def test_chrono_and_constant_init():
     assert not frozen.forget_bias_l0.requires_grad
 
 
-@pytest.mark.parametrize("family", ["lstm", "gru"])
-def test_refine_gate_uses_negated_forget_bias(family):
-    core = make_core(f"{family}:UR", 3, 4)
-    H = 4
+@pytest.mark.parametrize("spec", ["lstm:UR", "gru:UR", "lstm:UM", "gru:CM"])
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+def test_forget_bias_enters_primary_and_refine_gates(spec, impl):
+    """With every weight and ordinary bias zero, p = sigmoid(b_f) and a = sigmoid(-b_f) for a refine
+    gate (shared tensor, sign flipped) or sigmoid(0) for a master gate; g is read from gate_stats."""
+    core = make_core(spec, 3, 6, impl=impl)
+    with torch.no_grad():
+        for name, p in core.named_parameters():
+            if not name.startswith("forget_bias"):
+                p.zero_()
+    core(torch.randn(2, 1, 3))
     b_f = core.forget_bias_l0.detach()
-    bias = core.layer_bias(0).detach()
-    base = (core.bias_l0 if family == "lstm" else core.bias_ih_l0).detach()
-    p_block, a_block = (0, 1) if family == "lstm" else (1, 3)
-    torch.testing.assert_close(bias[p_block * H:(p_block + 1) * H], base[p_block * H:(p_block + 1) * H] + b_f)
-    torch.testing.assert_close(bias[a_block * H:(a_block + 1) * H], base[a_block * H:(a_block + 1) * H] - b_f)
+    p = torch.sigmoid(b_f)
+    a = torch.sigmoid(-b_f) if spec.endswith("R") else torch.full_like(b_f, 0.5)
+    g = core.gate_stats()["gate"].view(2, 6)
+    torch.testing.assert_close(g[0], G.effective_gate(p, a, spec[-1]))
 
 
 def test_effective_gate_formulas():

@@ -19,9 +19,12 @@ from . import kernels
 from .base import CoreMixin, State, check_size
 
 
-def gru_reference_scan(xz: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor, keep: Tensor | None,
+def gru_reference_scan(xz: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor, b_f: Tensor, keep: Tensor | None,
                        primary: str, aux: str):
-    """Autograd loop. xz [T, B, nb*H] (input biases and b_f folded in), h [B, H]. Returns y, h, g."""
+    """Autograd loop of the equations. xz [T, B, nb*H] = W_ih x + b_ih, h [B, H], b_f [H].
+
+    Returns y [T, B, H], h [B, H] and the effective gates g [T, B, H] (detached).
+    """
     H = h.shape[-1]
     ys, gs = [], []
     keeps = keep.unbind(0) if keep is not None else None
@@ -30,9 +33,9 @@ def gru_reference_scan(xz: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor, keep: 
             h = h * keeps[t]
         hz = F.linear(h, w_hh, b_hh)
         r = torch.sigmoid(xz_t[:, :H] + hz[:, :H])
-        p = G.primary_gate(xz_t[:, H:2 * H] + hz[:, H:2 * H], primary)
+        p = G.primary_gate(xz_t[:, H:2 * H] + hz[:, H:2 * H] + b_f, primary)
         n = torch.tanh(xz_t[:, 2 * H:3 * H] + r * hz[:, 2 * H:3 * H])
-        a = torch.sigmoid(xz_t[:, 3 * H:] + hz[:, 3 * H:]) if aux != "-" else None
+        a = None if aux == "-" else torch.sigmoid(xz_t[:, 3 * H:] + hz[:, 3 * H:] - (b_f if aux == "R" else 0))
         g = G.effective_gate(p, a, aux)
         h = (1 - g) * n + g * h
         ys.append(h)
@@ -44,9 +47,10 @@ class GRUScan(torch.autograd.Function):
     """Fast scan in Python: forward under no_grad saves the gates; backward is written by hand."""
 
     @staticmethod
-    def forward(ctx, xz, h0, w_hh, b_hh, keep, primary, aux):
+    def forward(ctx, xz, h0, w_hh, b_hh, b_f, keep, primary, aux):
         T, B, NH = xz.shape
         H = h0.shape[-1]
+        xz = G.fold_forget_bias(xz, b_f, aux, 1, 3)
         ys = xz.new_empty(T, B, H)
         S = xz.new_empty(T, B, NH)  # r, p, n, [a] activated
         HN, Gs, hprev = xz.new_empty(T, B, H), xz.new_empty(T, B, H), xz.new_empty(T, B, H)
@@ -99,15 +103,14 @@ class GRUScan(torch.autograd.Function):
             if keep is not None:
                 dh = dh * keep[t]
         dW = dHZ.reshape(-1, NH).t() @ hprev.reshape(-1, H)
-        return dX, dh, dW, dHZ.sum((0, 1)), None, None, None
+        return dX, dh, dW, dHZ.sum((0, 1)), G.forget_bias_grad(dX, H, aux, 1, 3), None, None, None
 
 
-def gru_fast_scan(xz, h0, w_hh, b_hh, keep, primary: str, aux: str):
-    """The fast scan: the compiled loop when available (CPU), else GRUScan. Same signature as the reference."""
-    ext = kernels.extension() if xz.device.type == "cpu" else None
-    if ext is not None:
-        return kernels.CppGRUScan.apply(xz, h0, w_hh, b_hh, keep, primary, aux)
-    return GRUScan.apply(xz, h0, w_hh, b_hh, keep, primary, aux)
+def gru_fast_scan(xz, h0, w_hh, b_hh, b_f, keep, primary: str, aux: str):
+    """The fast scan: the compiled loop on CPU when it built, else GRUScan. Same signature as the reference."""
+    if xz.device.type == "cpu" and kernels.extension():
+        return kernels.CppGRUScan.apply(xz, h0, w_hh, b_hh, b_f, keep, primary, aux)
+    return GRUScan.apply(xz, h0, w_hh, b_hh, b_f, keep, primary, aux)
 
 
 class GatedGRU(CoreMixin, nn.Module):
@@ -158,23 +161,15 @@ class GatedGRU(CoreMixin, nn.Module):
         return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, cell={self.cell!r}, "
                 f"impl={self.impl!r}, batch_first={self.batch_first}")
 
-    def layer_bias(self, k: int) -> Tensor:
-        """bias_ih_l{k} with the forget bias folded in: +b_f on z, -b_f on a refine gate."""
-        b, b_f, H = getattr(self, f"bias_ih_l{k}"), getattr(self, f"forget_bias_l{k}"), self.hidden_size
-        parts = [b[:H], b[H:2 * H] + b_f, b[2 * H:3 * H]]
-        if self.aux != "-":
-            parts.append(b[3 * H:] - b_f if self.aux == "R" else b[3 * H:])
-        return torch.cat(parts)
-
     def _scan(self, x: Tensor, state: State, keep: Tensor | None):
         (h0,) = state
         hs, gs = [], []
         inp = x
         for k in range(self.num_layers):
-            xz = F.linear(inp, getattr(self, f"weight_ih_l{k}"), self.layer_bias(k))  # [T, B, nb*H]
-            w_hh, b_hh = getattr(self, f"weight_hh_l{k}"), getattr(self, f"bias_hh_l{k}")
+            xz = F.linear(inp, getattr(self, f"weight_ih_l{k}"), getattr(self, f"bias_ih_l{k}"))  # [T, B, nb*H]
             scan = gru_reference_scan if self.impl == "reference" else gru_fast_scan
-            inp, h, g = scan(xz, h0[k], w_hh, b_hh, keep, self.primary, self.aux)
+            inp, h, g = scan(xz, h0[k], getattr(self, f"weight_hh_l{k}"), getattr(self, f"bias_hh_l{k}"),
+                             getattr(self, f"forget_bias_l{k}"), keep, self.primary, self.aux)
             hs.append(h)
             gs.append(g.flatten())
         self._gates = torch.cat(gs)

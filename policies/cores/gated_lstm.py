@@ -6,9 +6,9 @@ Per layer k: ``weight_ih_l{k}`` [nb*H, in], ``weight_hh_l{k}`` [nb*H, H], ``bias
     p = act_X(z_p + b_f);  a = sigmoid(z_a - b_f) (R) or sigmoid(z_a) (M);  g = effective_gate(p, a)
     c_t = g * c_{t-1} + (1 - g) * tanh(z_u);  h_t = sigmoid(z_o) * tanh(c_t)
 
-All biases, b_f included, are folded into the input projection once for the whole sequence, so the
-recurrent scan sees only ``xz[t] + W_hh h``. ``impl="fast"`` scans with a hand-written backward
-(the C++ loop when it compiled, else Python); ``impl="reference"`` is the plain autograd loop.
+The input projection ``W_ih x + bias`` is computed once for the whole sequence; the scan adds
+``W_hh h`` and b_f per step. ``impl="fast"`` scans with a hand-written backward (the compiled loop
+when it built, else Python); ``impl="reference"`` is the plain autograd loop of the equations.
 """
 
 from __future__ import annotations
@@ -22,9 +22,12 @@ from . import kernels
 from .base import CoreMixin, State, check_size
 
 
-def lstm_reference_scan(xz: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, keep: Tensor | None,
+def lstm_reference_scan(xz: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, b_f: Tensor, keep: Tensor | None,
                         primary: str, aux: str):
-    """Autograd loop. xz [T, B, nb*H] (all biases folded in), h, c [B, H]. Returns y, h, c, g."""
+    """Autograd loop of the equations. xz [T, B, nb*H] = W_ih x + bias, h, c [B, H], b_f [H].
+
+    Returns y [T, B, H], h, c [B, H] and the effective gates g [T, B, H] (detached).
+    """
     H = h.shape[-1]
     ys, gs = [], []
     keeps = keep.unbind(0) if keep is not None else None
@@ -32,8 +35,8 @@ def lstm_reference_scan(xz: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, keep: Te
         if keeps is not None:
             h, c = h * keeps[t], c * keeps[t]
         z = xz_t + h @ w_hh.t()
-        p = G.primary_gate(z[:, :H], primary)
-        a = torch.sigmoid(z[:, H:2 * H]) if aux != "-" else None
+        p = G.primary_gate(z[:, :H] + b_f, primary)
+        a = None if aux == "-" else torch.sigmoid(z[:, H:2 * H] - (b_f if aux == "R" else 0))
         zu, zo = z[:, -2 * H:-H], z[:, -H:]
         g = G.effective_gate(p, a, aux)
         c = g * c + (1 - g) * torch.tanh(zu)
@@ -47,9 +50,10 @@ class LSTMScan(torch.autograd.Function):
     """Fast scan in Python: forward under no_grad saves the gates; backward is written by hand."""
 
     @staticmethod
-    def forward(ctx, xz, h0, c0, w_hh, keep, primary, aux):
+    def forward(ctx, xz, h0, c0, w_hh, b_f, keep, primary, aux):
         T, B, NH = xz.shape
         H = h0.shape[-1]
+        xz = G.fold_forget_bias(xz, b_f, aux, 0, 1)
         nb = NH // H
         ys, cs = xz.new_empty(T, B, H), xz.new_empty(T, B, H)
         S = xz.new_empty(T, B, NH)  # activated gates: p, [a], tanh(z_u), sigmoid(z_o)
@@ -104,15 +108,14 @@ class LSTMScan(torch.autograd.Function):
             if keep is not None:
                 dh, dc = dh * keep[t], dc * keep[t]
         dW = dZ.reshape(-1, NH).t() @ hprev.reshape(-1, H)
-        return dZ, dh, dc, dW, None, None, None
+        return dZ, dh, dc, dW, G.forget_bias_grad(dZ, H, aux, 0, 1), None, None, None
 
 
-def lstm_fast_scan(xz, h0, c0, w_hh, keep, primary: str, aux: str):
-    """The fast scan: the compiled loop when available (CPU), else LSTMScan. Same signature as the reference."""
-    ext = kernels.extension() if xz.device.type == "cpu" else None
-    if ext is not None:
-        return kernels.CppLSTMScan.apply(xz, h0, c0, w_hh, keep, primary, aux)
-    return LSTMScan.apply(xz, h0, c0, w_hh, keep, primary, aux)
+def lstm_fast_scan(xz, h0, c0, w_hh, b_f, keep, primary: str, aux: str):
+    """The fast scan: the compiled loop on CPU when it built, else LSTMScan. Same signature as the reference."""
+    if xz.device.type == "cpu" and kernels.extension():
+        return kernels.CppLSTMScan.apply(xz, h0, c0, w_hh, b_f, keep, primary, aux)
+    return LSTMScan.apply(xz, h0, c0, w_hh, b_f, keep, primary, aux)
 
 
 class GatedLSTM(CoreMixin, nn.Module):
@@ -165,28 +168,15 @@ class GatedLSTM(CoreMixin, nn.Module):
         return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, cell={self.cell!r}, "
                 f"impl={self.impl!r}, batch_first={self.batch_first}")
 
-    def layer_bias(self, k: int) -> Tensor:
-        """bias_l{k} with the forget bias folded in: +b_f on p, -b_f on a refine gate."""
-        b, b_f, H = getattr(self, f"bias_l{k}"), getattr(self, f"forget_bias_l{k}"), self.hidden_size
-        parts = [b[:H] + b_f]
-        if self.aux == "R":
-            parts.append(b[H:2 * H] - b_f)
-        elif self.aux == "M":
-            parts.append(b[H:2 * H])
-        parts.append(b[-2 * H:])
-        return torch.cat(parts)
-
     def _scan(self, x: Tensor, state: State, keep: Tensor | None):
         h0, c0 = state
         hs, cs, gs = [], [], []
         inp = x
         for k in range(self.num_layers):
-            xz = F.linear(inp, getattr(self, f"weight_ih_l{k}"), self.layer_bias(k))  # [T, B, nb*H]
-            w_hh = getattr(self, f"weight_hh_l{k}")
-            if self.impl == "reference":
-                inp, h, c, g = lstm_reference_scan(xz, h0[k], c0[k], w_hh, keep, self.primary, self.aux)
-            else:
-                inp, h, c, g = lstm_fast_scan(xz, h0[k], c0[k], w_hh, keep, self.primary, self.aux)
+            xz = F.linear(inp, getattr(self, f"weight_ih_l{k}"), getattr(self, f"bias_l{k}"))  # [T, B, nb*H]
+            scan = lstm_reference_scan if self.impl == "reference" else lstm_fast_scan
+            inp, h, c, g = scan(xz, h0[k], c0[k], getattr(self, f"weight_hh_l{k}"), getattr(self, f"forget_bias_l{k}"),
+                                keep, self.primary, self.aux)
             hs.append(h)
             cs.append(c)
             gs.append(g.flatten())

@@ -101,3 +101,21 @@ def uniform_(t: Tensor, hidden_size: int) -> None:
     k = 1.0 / math.sqrt(hidden_size)
     with torch.no_grad():
         t.uniform_(-k, k)
+
+
+def fold_forget_bias(z: Tensor, b_f: Tensor, aux: str, p_block: int, a_block: int) -> Tensor:
+    """z [.., nb*H] with b_f added to block ``p_block`` and, for a refine gate, subtracted from ``a_block``."""
+    H = b_f.shape[-1]
+    z = z.clone()
+    z[..., p_block * H:(p_block + 1) * H] += b_f
+    if aux == "R":
+        z[..., a_block * H:(a_block + 1) * H] -= b_f
+    return z
+
+
+def forget_bias_grad(dz: Tensor, H: int, aux: str, p_block: int, a_block: int) -> Tensor:
+    """dL/db_f from the pre-activation gradients dz [T, B, nb*H] (the adjoint of fold_forget_bias)."""
+    g = dz[..., p_block * H:(p_block + 1) * H].sum((0, 1))
+    if aux == "R":
+        g = g - dz[..., a_block * H:(a_block + 1) * H].sum((0, 1))
+    return g

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from .gates import forget_bias_grad
+
 _STATE: dict[str, bool] = {}
 PRIMARY_CODE = {"-": 0, "C": 0, "U": 0, "O": 1}
 AUX_CODE = {"-": 0, "M": 1, "R": 2}
@@ -50,12 +52,12 @@ class CppLSTMScan(torch.autograd.Function):
     """LSTMScan with its loops in C++ (same inputs and outputs)."""
 
     @staticmethod
-    def forward(ctx, xz, h0, c0, w_hh, keep, primary, aux):
+    def forward(ctx, xz, h0, c0, w_hh, b_f, keep, primary, aux):
         keep = _keep2d(keep)
         codes = (PRIMARY_CODE[primary], AUX_CODE[aux])
-        ys, hT, cT, G, S, C, Hp, Cp = torch.ops.urlstm_scan.lstm_fwd(xz, h0, c0, w_hh, keep, *codes)
+        ys, hT, cT, G, S, C, Hp, Cp = torch.ops.urlstm_scan.lstm_fwd(xz, h0, c0, w_hh, b_f, keep, *codes)
         ctx.save_for_backward(S, G, C, Hp, Cp, w_hh, keep)
-        ctx.codes = codes
+        ctx.codes, ctx.aux = codes, aux
         ctx.mark_non_differentiable(G)
         return ys, hT, cT, G
 
@@ -63,19 +65,19 @@ class CppLSTMScan(torch.autograd.Function):
     def backward(ctx, dy, dhT, dcT, _dG):
         S, G, C, Hp, Cp, w_hh, keep = ctx.saved_tensors
         dZ, dh0, dc0, dW = torch.ops.urlstm_scan.lstm_bwd(dy, dhT, dcT, S, G, C, Hp, Cp, w_hh, keep, *ctx.codes)
-        return dZ, dh0, dc0, dW, None, None, None
+        return dZ, dh0, dc0, dW, forget_bias_grad(dZ, G.shape[-1], ctx.aux, 0, 1), None, None, None
 
 
 class CppGRUScan(torch.autograd.Function):
     """GRUScan with its loops in C++ (same inputs and outputs)."""
 
     @staticmethod
-    def forward(ctx, xz, h0, w_hh, b_hh, keep, primary, aux):
+    def forward(ctx, xz, h0, w_hh, b_hh, b_f, keep, primary, aux):
         keep = _keep2d(keep)
         codes = (PRIMARY_CODE[primary], AUX_CODE[aux])
-        ys, hT, G, S, HN, Hp = torch.ops.urlstm_scan.gru_fwd(xz, h0, w_hh, b_hh, keep, *codes)
+        ys, hT, G, S, HN, Hp = torch.ops.urlstm_scan.gru_fwd(xz, h0, w_hh, b_hh, b_f, keep, *codes)
         ctx.save_for_backward(S, HN, G, Hp, w_hh, keep)
-        ctx.codes = codes
+        ctx.codes, ctx.aux = codes, aux
         ctx.mark_non_differentiable(G)
         return ys, hT, G
 
@@ -83,4 +85,4 @@ class CppGRUScan(torch.autograd.Function):
     def backward(ctx, dy, dhT, _dG):
         S, HN, G, Hp, w_hh, keep = ctx.saved_tensors
         dX, dh0, dW, db = torch.ops.urlstm_scan.gru_bwd(dy, dhT, S, HN, G, Hp, w_hh, keep, *ctx.codes)
-        return dX, dh0, dW, db, None, None, None
+        return dX, dh0, dW, db, forget_bias_grad(dX, G.shape[-1], ctx.aux, 1, 3), None, None, None

@@ -4,6 +4,8 @@
 // fused pass over the gates, written so that the compiler vectorises it (float: a polynomial exp;
 // double: std::exp, used by the float64 equivalence tests). Primary gate: 0 sigmoid, 1 cumax.
 // Auxiliary gate: 0 none, 1 master (M), 2 refine (R). keep: [T, B] of 1.0 / 0.0 or undefined.
+// The forget bias b_f [H] is added to the primary pre-activation (and subtracted from a refine gate's)
+// inside the loop; its gradient is reduced from the returned pre-activation gradients by the caller.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -91,14 +93,14 @@ template <typename T> void scale_rows(T* x, const T* keep, int64_t B, int64_t H)
 // ---------------------------------------------------------------- LSTM grid
 template <typename T, int AUX>
 std::vector<Tensor> lstm_fwd_impl(const Tensor& xz, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
-                                  const T* keep, bool cumax) {
+                                  const Tensor& b_f, const T* keep, bool cumax) {
   const int64_t Tn = xz.size(0), B = xz.size(1), NH = xz.size(2), H = h0.size(1);
   const int64_t nb = NH / H, ou = (nb - 2) * H, oo = (nb - 1) * H;
   auto opt = xz.options();
   Tensor ys = at::empty({Tn, B, H}, opt), S = at::empty({Tn, B, NH}, opt), G = at::empty({Tn, B, H}, opt);
   Tensor C = at::empty({Tn, B, H}, opt), Hp = at::empty({Tn, B, H}, opt), Cp = at::empty({Tn, B, H}, opt);
   Tensor w_t = w_hh.t();
-  const T *hlast = h0.data_ptr<T>(), *clast = c0.data_ptr<T>();
+  const T *hlast = h0.data_ptr<T>(), *clast = c0.data_ptr<T>(), *bf = b_f.data_ptr<T>();
   for (int64_t t = 0; t < Tn; ++t) {
     T* hp = Hp[t].data_ptr<T>();
     T* cp = Cp[t].data_ptr<T>();
@@ -112,11 +114,14 @@ std::vector<Tensor> lstm_fwd_impl(const Tensor& xz, const Tensor& h0, const Tens
       for (int64_t b = b0; b < b1; ++b) {
         T *sr = s + b * NH, *gr = g + b * H, *cr = c + b * H, *yr = y + b * H;
         const T* cpr = cp + b * H;
-        if (cumax) cumax_row(sr, sr, H);
+        if (cumax) {
+          for (int64_t j = 0; j < H; ++j) sr[j] += bf[j];
+          cumax_row(sr, sr, H);
+        }
 #pragma GCC ivdep
         for (int64_t j = 0; j < H; ++j) {
-          T p = cumax ? sr[j] : sigm(sr[j]);
-          T a = AUX ? sigm(sr[H + j]) : T(0);
+          T p = cumax ? sr[j] : sigm(sr[j] + bf[j]);
+          T a = AUX ? sigm(AUX == 2 ? sr[H + j] - bf[j] : sr[H + j]) : T(0);
           T u = tanh_(sr[ou + j]);
           T o = sigm(sr[oo + j]);
           T gg = effective<T, AUX>(p, a);
@@ -183,13 +188,13 @@ std::vector<Tensor> lstm_bwd_impl(const Tensor& dy, const Tensor& dhT, const Ten
 // ---------------------------------------------------------------- GRU grid
 template <typename T, int AUX>
 std::vector<Tensor> gru_fwd_impl(const Tensor& xz, const Tensor& h0, const Tensor& w_hh, const Tensor& b_hh,
-                                 const T* keep, bool cumax) {
+                                 const Tensor& b_f, const T* keep, bool cumax) {
   const int64_t Tn = xz.size(0), B = xz.size(1), NH = xz.size(2), H = h0.size(1);
   auto opt = xz.options();
   Tensor ys = at::empty({Tn, B, H}, opt), S = at::empty({Tn, B, NH}, opt), G = at::empty({Tn, B, H}, opt);
   Tensor HN = at::empty({Tn, B, H}, opt), Hp = at::empty({Tn, B, H}, opt), hz = at::empty({B, NH}, opt);
   Tensor w_t = w_hh.t();
-  const T* hlast = h0.data_ptr<T>();
+  const T *hlast = h0.data_ptr<T>(), *bf = b_f.data_ptr<T>();
   for (int64_t t = 0; t < Tn; ++t) {
     T* hp = Hp[t].data_ptr<T>();
     masked_copy(hlast, keep ? keep + t * B : nullptr, hp, B, H);
@@ -201,15 +206,15 @@ std::vector<Tensor> gru_fwd_impl(const Tensor& xz, const Tensor& h0, const Tenso
         const T *xr = x + b * NH, *hr = hzp + b * NH, *hpr = hp + b * H;
         T *sr = s + b * NH, *gr = g + b * H, *hnr = hn + b * H, *yr = y + b * H;
         if (cumax) {
-          for (int64_t j = 0; j < H; ++j) sr[H + j] = xr[H + j] + hr[H + j];
+          for (int64_t j = 0; j < H; ++j) sr[H + j] = xr[H + j] + hr[H + j] + bf[j];
           cumax_row(sr + H, sr + H, H);
         }
 #pragma GCC ivdep
         for (int64_t j = 0; j < H; ++j) {
           T r = sigm(xr[j] + hr[j]);
-          T p = cumax ? sr[H + j] : sigm(xr[H + j] + hr[H + j]);
+          T p = cumax ? sr[H + j] : sigm(xr[H + j] + hr[H + j] + bf[j]);
           T n = tanh_(xr[2 * H + j] + r * hr[2 * H + j]);
-          T a = AUX ? sigm(xr[3 * H + j] + hr[3 * H + j]) : T(0);
+          T a = AUX ? sigm(xr[3 * H + j] + hr[3 * H + j] - (AUX == 2 ? bf[j] : T(0))) : T(0);
           T gg = effective<T, AUX>(p, a);
           sr[j] = r;
           sr[H + j] = p;
@@ -279,11 +284,11 @@ template <typename T> const T* keep_ptr(const c10::optional<Tensor>& keep) {
   }
 
 std::vector<Tensor> lstm_fwd(const Tensor& xz, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
-                             const c10::optional<Tensor>& keep, int64_t primary, int64_t aux) {
+                             const Tensor& b_f, const c10::optional<Tensor>& keep, int64_t primary, int64_t aux) {
   Tensor x = xz.contiguous(), h = h0.contiguous(), c = c0.contiguous(), w = w_hh.contiguous();
   c10::optional<Tensor> k = keep.has_value() ? c10::optional<Tensor>(keep->contiguous()) : keep;
   return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_fwd", [&]() -> std::vector<Tensor> {
-    DISPATCH_AUX(aux, lstm_fwd_impl, x, h, c, w, keep_ptr<scalar_t>(k), primary == 1)
+    DISPATCH_AUX(aux, lstm_fwd_impl, x, h, c, w, b_f.contiguous(), keep_ptr<scalar_t>(k), primary == 1)
   });
 }
 
@@ -299,11 +304,11 @@ std::vector<Tensor> lstm_bwd(const Tensor& dy, const Tensor& dhT, const Tensor& 
 }
 
 std::vector<Tensor> gru_fwd(const Tensor& xz, const Tensor& h0, const Tensor& w_hh, const Tensor& b_hh,
-                            const c10::optional<Tensor>& keep, int64_t primary, int64_t aux) {
+                            const Tensor& b_f, const c10::optional<Tensor>& keep, int64_t primary, int64_t aux) {
   Tensor x = xz.contiguous(), h = h0.contiguous(), w = w_hh.contiguous(), bh = b_hh.contiguous();
   c10::optional<Tensor> k = keep.has_value() ? c10::optional<Tensor>(keep->contiguous()) : keep;
   return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gru_fwd", [&]() -> std::vector<Tensor> {
-    DISPATCH_AUX(aux, gru_fwd_impl, x, h, w, bh, keep_ptr<scalar_t>(k), primary == 1)
+    DISPATCH_AUX(aux, gru_fwd_impl, x, h, w, bh, b_f.contiguous(), keep_ptr<scalar_t>(k), primary == 1)
   });
 }
 
@@ -320,10 +325,10 @@ std::vector<Tensor> gru_bwd(const Tensor& dy, const Tensor& dhT, const Tensor& S
 }  // namespace
 
 TORCH_LIBRARY(urlstm_scan, m) {
-  m.def("lstm_fwd(Tensor xz, Tensor h0, Tensor c0, Tensor w_hh, Tensor? keep, int primary, int aux) -> Tensor[]");
+  m.def("lstm_fwd(Tensor xz, Tensor h0, Tensor c0, Tensor w_hh, Tensor b_f, Tensor? keep, int primary, int aux) -> Tensor[]");
   m.def("lstm_bwd(Tensor dy, Tensor dhT, Tensor dcT, Tensor S, Tensor G, Tensor C, Tensor Hp, Tensor Cp, "
         "Tensor w_hh, Tensor? keep, int primary, int aux) -> Tensor[]");
-  m.def("gru_fwd(Tensor xz, Tensor h0, Tensor w_hh, Tensor b_hh, Tensor? keep, int primary, int aux) -> Tensor[]");
+  m.def("gru_fwd(Tensor xz, Tensor h0, Tensor w_hh, Tensor b_hh, Tensor b_f, Tensor? keep, int primary, int aux) -> Tensor[]");
   m.def("gru_bwd(Tensor dy, Tensor dhT, Tensor S, Tensor HN, Tensor G, Tensor Hp, Tensor w_hh, Tensor? keep, "
         "int primary, int aux) -> Tensor[]");
 }
