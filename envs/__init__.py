@@ -1,4 +1,4 @@
-"""Memory tasks: batched native envs registered under ``urlstm/``, and ``make`` for any Gymnasium id.
+"""Memory tasks: batched native envs registered under ``urlstm/``; ``make`` for any Gymnasium id.
 
 ``envs.make(env_id, num_envs, seed=None, **kwargs)`` returns a ``gymnasium.vector.VectorEnv`` with
 SAME_STEP autoreset; see :mod:`envs.factory`. Single-env versions of the native tasks are registered

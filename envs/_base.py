@@ -65,8 +65,8 @@ class BatchedEnv(VectorEnv):
     first observation of the next episode in ``obs[i]``, and the final observation in
     ``info["final_obs"][i]`` (object array of length N, ``None`` elsewhere; mask
     ``info["_final_obs"]``), as gymnasium's ``SyncVectorEnv`` does. On such a step ``info`` also
-    holds ``episode = {"r": float32 [N], "l": int32 [N]}``, ``success`` (float32 [N]) and their masks
-    ``_episode`` / ``_success`` (bool [N]); on other steps ``info`` is ``{}``.
+    holds ``episode = {"r": float32 [N], "l": int32 [N]}``, ``success`` (float32 [N]) and their
+    masks ``_episode`` / ``_success`` (bool [N]); on other steps ``info`` is ``{}``.
 
     Subclasses set ``single_observation_space``/``single_action_space`` through ``__init__`` and
     implement the hooks below. State arrays have a leading [N] axis.
@@ -86,7 +86,9 @@ class BatchedEnv(VectorEnv):
         seed: int | None = None,
         render_mode: str | None = None,
     ) -> None:
-        if not isinstance(num_envs, (int, np.integer)) or isinstance(num_envs, bool) or num_envs < 1:
+        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)):
+            raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
+        if num_envs < 1:
             raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(
@@ -131,7 +133,7 @@ class BatchedEnv(VectorEnv):
 
     # ---- randomness --------------------------------------------------------------------------
     def _uniform(self, idx: np.ndarray, stream: np.ndarray | int, count: int) -> np.ndarray:
-        """float64 [K, count] uniforms for envs ``idx`` in this episode (see :func:`hash_uniform`)."""
+        """float64 [K, count] uniforms for envs ``idx`` in this episode (see hash_uniform)."""
         return hash_uniform(self._keys[idx], self._episodes[idx], stream, count)
 
     def _set_seeds(self, seed: int | Sequence[int] | None) -> None:
@@ -156,9 +158,9 @@ class BatchedEnv(VectorEnv):
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Start new episodes in all envs (or in ``options["reset_mask"]``, bool [N]).
 
-        ``seed`` (int: env i gets seed + i; or a list of N ints) restarts the random streams. Without
-        it, the first reset uses the ``seed`` given at construction (random if none) and later
-        resets continue each env's sequence of episodes.
+        ``seed`` (int: env i gets seed + i; or a list of N ints) restarts the random streams.
+        Without it, the first reset uses the ``seed`` given at construction (random if none) and
+        later resets continue each env's sequence of episodes.
 
         Returns:
             obs [N, *obs_shape] and an empty info dict.
@@ -217,9 +219,9 @@ class BatchedEnv(VectorEnv):
                 "r": np.where(done, self._returns, 0.0).astype(np.float32),
                 "l": np.where(done, self._lengths, 0).astype(np.int32),
             },
-            "_episode": done,
+            "_episode": done.copy(),
             "success": np.where(done, success, 0.0).astype(np.float32),
-            "_success": done,
+            "_success": done.copy(),
         }
         self._episodes[idx] += np.uint64(1)
         self._returns[idx] = 0.0

@@ -2,7 +2,8 @@
 
 Native ids (``urlstm/...`` or their short aliases) give the batched numpy implementation; any other
 Gymnasium id (MiniGrid, POPGym, classic control, ...) is built with ``gymnasium.vector``'s
-``AsyncVectorEnv`` (``SyncVectorEnv`` when ``num_envs == 1`` or ``vectorization="sync"``) and wrapped
+``AsyncVectorEnv``, one worker process per env (``SyncVectorEnv`` when ``vectorization="sync"``, or
+when ``num_envs == 1`` unless ``vectorization="async"``) and wrapped
 so that it gives the same ``info`` keys as the native envs.
 """
 
@@ -63,8 +64,8 @@ def make(env_id: str, num_envs: int, seed: int | None = None, **kwargs: Any) -> 
 
     Returns:
         A ``gymnasium.vector.VectorEnv``; obs/rewards/terminated/truncated have a leading [N] axis;
-        ``info`` holds ``final_obs``, ``episode`` ({"r": float32 [N], "l": int32 [N]}) and, where the
-        task defines it, ``success`` (float32 [N]), each with its ``_key`` bool [N] mask.
+        ``info`` holds ``final_obs``, ``episode`` ({"r": float32 [N], "l": int32 [N]}) and, where
+        the task defines it, ``success`` (float32 [N]), each with its ``_key`` bool [N] mask.
 
     Raises:
         ValueError: unknown id, bad ``num_envs`` or kwargs, unsupported spaces.
@@ -85,7 +86,7 @@ def make(env_id: str, num_envs: int, seed: int | None = None, **kwargs: Any) -> 
     finally:
         probe.close()
     fns = [partial(_make_single, env_id, kwargs) for _ in range(num_envs)]
-    if num_envs == 1 or vectorization == "sync":
+    if vectorization == "sync" or (num_envs == 1 and vectorization is None):
         venv = SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
     else:
         venv = AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
@@ -94,7 +95,7 @@ def make(env_id: str, num_envs: int, seed: int | None = None, **kwargs: Any) -> 
 
 def _make_native(env_id: str, num_envs: int, seed: int | None, kwargs: dict) -> VectorEnv:
     cls = NATIVE[env_id]
-    params = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "num_envs")]
+    params = list(inspect.signature(cls.__init__).parameters)[2:]  # after self, num_envs
     unknown = sorted(set(kwargs) - set(params))
     if unknown:
         accepted = [p for p in params if p != "seed"] + ["vectorization"]

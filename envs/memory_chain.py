@@ -5,8 +5,8 @@ An episode has L + 1 steps. Observation float32 [n + 2] at time t = 0..L is
 only at t = 0, the query (an index in 0..n-1, random per episode, shown as a float as bsuite does)
 only at t = L; both are 0 otherwise. Actions ``Discrete(2)``: action 1 answers +1, action 0 answers
 -1. The action taken after seeing the query (the (L+1)-th) gets reward +1 if it equals
-``context[query]`` (``success``) and -1 otherwise and ends the episode (``terminated=True``); earlier
-actions get 0. Memory horizon L, capacity n; chance is 50%.
+``context[query]`` (``success``) and -1 otherwise and ends the episode (``terminated=True``);
+earlier actions get 0. Memory horizon L, capacity n; chance is 50%.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ Three phases, with the agent moved to the next room when a phase's time is up:
 1. Cue, 15 steps, room 5x9 (interior 3x7, a wall at column 4 with a door in the middle row splits
    it into two 3x3 halves). A square of one of the 3 colours (random per episode) sits at the east
    end of the middle row. Passive: the agent starts next to it, in view. Active: the agent starts in
-   the centre of the west half, out of view (5 columns away), and must walk through the door into the
-   east half (3 steps) to see it.
+   the centre of the west half, out of view (5 columns away), and must walk through the door into
+   the east half (3 steps) to see it.
 2. Distractor, D steps (``distractor_steps``, the memory length): room 9x11 (interior 7x9), agent
    enters at the centre, 10 apples at random cells; walking onto one gives reward 1 and respawns it
    at a random free cell. The cue is never visible.
@@ -59,7 +59,9 @@ def _at(row: int, col: int) -> int:
     return (row + _PAD) * _W + col + _PAD
 
 
-_ROOMS = {"cue": _room(_CUE_MAP), "distractor": _room(_DISTRACTOR_MAP), "choice": _room(_CHOICE_MAP)}
+_ROOMS = {
+    "cue": _room(_CUE_MAP), "distractor": _room(_DISTRACTOR_MAP), "choice": _room(_CHOICE_MAP)
+}
 _CUE_CELL, _ACTIVE_START, _PASSIVE_START = _at(2, 7), _at(2, 2), _at(2, 6)
 _DISTRACTOR_ENTRY, _CHOICE_ENTRY = _at(4, 5), _at(3, 3)
 _DISTRACTOR_CELLS = np.flatnonzero(_ROOMS["distractor"] == FLOOR)  # [63]
@@ -176,9 +178,9 @@ class VisualMatchVector(BatchedEnv):
 
     def _observe(self, idx: np.ndarray | None = None) -> np.ndarray:
         sl = slice(None) if idx is None else idx
-        cells = self._flat[(self._row0[sl] + self._pos[sl])[:, None] + _VIEW]  # [N, 25]
+        cells = np.take(self._flat, (self._row0[sl] + self._pos[sl])[:, None] + _VIEW)  # [N, 25]
         cells[:, 12] = AGENT
-        return PALETTE[cells].reshape(-1, 5, 5, 3)
+        return np.take(PALETTE, cells, axis=0).reshape(-1, 5, 5, 3)  # faster than PALETTE[cells]
 
     def _render_env(self, i: int, cell: int = 16) -> np.ndarray:
         """The current room of env ``i`` (agent white) under a bar in the cue's colour.
@@ -219,7 +221,7 @@ class VisualMatchActiveVector(VisualMatchVector):
 
 
 class VisualMatchPassiveEnv(SingleEnv):
-    """Single passive visual match (``urlstm/VisualMatchPassive-v0``, kwarg ``distractor_steps``)."""
+    """Single passive visual match (``urlstm/VisualMatchPassive-v0``, kwarg distractor_steps)."""
 
     batched_cls = VisualMatchPassiveVector
 
@@ -228,7 +230,7 @@ class VisualMatchPassiveEnv(SingleEnv):
 
 
 class VisualMatchActiveEnv(SingleEnv):
-    """Single active visual match (``urlstm/VisualMatchActive-v0``, kwarg ``distractor_steps``)."""
+    """Single active visual match (``urlstm/VisualMatchActive-v0``, kwarg distractor_steps)."""
 
     batched_cls = VisualMatchActiveVector
 

@@ -27,7 +27,8 @@ def _run_until_episode_end(venv, max_steps: int = 400) -> dict:
 def test_minigrid_memory(vectorization: str) -> None:
     venv = envs.make("MiniGrid-MemoryS7-v0", 2, seed=0, vectorization=vectorization)
     try:
-        assert isinstance(venv.unwrapped, SyncVectorEnv if vectorization == "sync" else AsyncVectorEnv)
+        expected = SyncVectorEnv if vectorization == "sync" else AsyncVectorEnv
+        assert isinstance(venv.unwrapped, expected)
         assert venv.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
         space = venv.single_observation_space
         assert isinstance(space, spaces.Dict) and set(space.spaces) == {"image", "direction"}
@@ -62,7 +63,8 @@ class _FixedStep(gym.Env):
 
 @pytest.mark.parametrize(
     "reward, terminated, truncated, success",
-    [(0.7, True, False, 1.0), (0.0, True, False, 0.0), (0.0, False, True, 0.0), (0.0, False, False, None)],
+    [(0.7, True, False, 1.0), (0.0, True, False, 0.0), (0.0, False, True, 0.0),
+     (0.0, False, False, None)],
 )
 def test_minigrid_success_is_rewarded_termination(reward, terminated, truncated, success) -> None:
     info = MiniGridSuccess(_FixedStep(reward, terminated, truncated)).step(0)[4]
