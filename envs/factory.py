@@ -129,6 +129,7 @@ def _ensure_registered(env_id: str) -> None:
 
 def _make_single(env_id: str, kwargs: dict) -> gym.Env:
     """One env with the adapters it needs (runs in worker processes: module-level, picklable)."""
+    _ensure_registered(env_id)  # a spawned worker has not imported minigrid/popgym yet
     try:
         env = gym.make(env_id, **kwargs)
     except gym.error.DependencyNotInstalled as e:

@@ -274,9 +274,9 @@ def _scripted_visual_match(venv, d: int, blind: bool) -> tuple[list[float], list
     return successes, lengths
 
 
-@pytest.mark.parametrize("active", [False, True])
-def test_visual_match_optimal_and_memoryless(active: bool) -> None:
-    n, d = 600, 4
+@pytest.mark.parametrize("active, d", [(False, 4), (True, 4), (True, 0)])
+def test_visual_match_optimal_and_memoryless(active: bool, d: int) -> None:
+    n = 600
     venv = envs.make("visual-match-active" if active else "visual-match-passive", n, seed=0,
                      distractor_steps=d)
     successes, lengths = _scripted_visual_match(venv, d, blind=False)
@@ -306,6 +306,24 @@ def test_visual_match_cue_visibility_and_distractor() -> None:
             apples += r.sum()
             assert ((o == PALETTE[1]).all(-1).sum((1, 2)) <= 10).all()
     assert apples > 0
+
+
+def test_visual_match_respawn_fills_the_last_free_cell() -> None:
+    """With only one free cell left, the respawned apple goes there (the fallback after 8 misses)."""
+    from envs.visual_match import _DISTRACTOR_CELLS, APPLE, FLOOR
+
+    venv = envs.make("visual-match-passive", 2, seed=0, distractor_steps=5)
+    venv.reset()
+    for _ in range(CUE_STEPS):
+        venv.step(np.zeros(2, dtype=np.int64))
+    core = venv.unwrapped
+    core._grid[:, _DISTRACTOR_CELLS] = APPLE
+    core._grid[np.arange(2), core._pos] = FLOOR  # under the agent
+    free = _DISTRACTOR_CELLS[[3, 40]]
+    core._grid[np.arange(2), free] = FLOOR
+    core._respawn(np.arange(2))
+    assert (core._grid[np.arange(2), free] == APPLE).all()
+    assert (core._grid[np.arange(2), core._pos] == FLOOR).all()
 
 
 def test_autoreset_boundary() -> None:
