@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 import warnings
 from pathlib import Path
 
@@ -32,8 +33,16 @@ def _build() -> bool:
     if os.environ.get("URLSTM_NO_EXT", "") not in ("", "0"):
         return False
     try:
-        from torch.utils.cpp_extension import load
+        from torch.utils.cpp_extension import _get_build_directory, load
 
+        try:  # the ninja wheel's binary, also when its virtual environment is not activated
+            import ninja
+
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+        except ImportError:
+            pass
+        if not (Path(_get_build_directory("urlstm_scan", False)) / "urlstm_scan.so").exists():
+            print("urlstm: compiling the CPU scan of the gated cores (once, under a minute)...", file=sys.stderr)
         flags = ["-O3"] + (["-march=native"] if platform.machine() in ("x86_64", "AMD64") else [])
         load(name="urlstm_scan", sources=[str(Path(__file__).with_name("scan.cpp"))], extra_cflags=flags,
              is_python_module=False, verbose=False)
