@@ -150,6 +150,7 @@ std::vector<Tensor> lstm_bwd_impl(const Tensor& dy, const Tensor& dhT, const Ten
   const int64_t Tn = S.size(0), B = S.size(1), NH = S.size(2), H = G.size(2);
   const int64_t nb = NH / H, ou = (nb - 2) * H, oo = (nb - 1) * H;
   Tensor dZ = at::empty_like(S), dh = dhT.clone(), dc = dcT.clone();
+  Tensor w_bt = w_hh.t().contiguous().t();  // same values, the BLAS-friendly layout for dZ @ W_hh
   T *dhp = dh.data_ptr<T>(), *dcp = dc.data_ptr<T>();
   for (int64_t t = Tn - 1; t >= 0; --t) {
     const T *s = S[t].data_ptr<T>(), *g = G[t].data_ptr<T>(), *c = C[t].data_ptr<T>(), *cp = Cp[t].data_ptr<T>();
@@ -176,7 +177,7 @@ std::vector<Tensor> lstm_bwd_impl(const Tensor& dy, const Tensor& dhT, const Ten
         if (cumax) cumax_row_backward(sr, dzr, H);
       }
     });
-    at::mm_out(dh, dZ[t], w_hh);
+    at::mm_out(dh, dZ[t], w_bt);
     const T* kt = keep ? keep + t * B : nullptr;
     scale_rows(dhp, kt, B, H);
     scale_rows(dcp, kt, B, H);
@@ -237,6 +238,7 @@ std::vector<Tensor> gru_bwd_impl(const Tensor& dy, const Tensor& dhT, const Tens
   const int64_t Tn = S.size(0), B = S.size(1), NH = S.size(2), H = G.size(2);
   Tensor dX = at::empty_like(S), dHZ = at::empty_like(S), dh = dhT.clone(), dnext = at::empty_like(dhT);
   T *dhp = dh.data_ptr<T>(), *dnp = dnext.data_ptr<T>();
+  Tensor w_bt = w_hh.t().contiguous().t();  // same values, the BLAS-friendly layout for dHZ @ W_hh
   for (int64_t t = Tn - 1; t >= 0; --t) {
     const T *s = S[t].data_ptr<T>(), *g = G[t].data_ptr<T>(), *hn = HN[t].data_ptr<T>(), *hp = Hp[t].data_ptr<T>();
     const T* dyt = dy[t].data_ptr<T>();
@@ -264,7 +266,7 @@ std::vector<Tensor> gru_bwd_impl(const Tensor& dy, const Tensor& dhT, const Tens
         for (int64_t j = 0; j < H; ++j) dhzr[2 * H + j] = dxr[2 * H + j] * sr[j];
       }
     });
-    at::addmm_out(dh, dnext, dHZ[t], w_hh);
+    at::addmm_out(dh, dnext, dHZ[t], w_bt);
     scale_rows(dhp, keep ? keep + t * B : nullptr, B, H);
   }
   Tensor dW = at::mm(dHZ.view({Tn * B, NH}).t(), Hp.view({Tn * B, H}));
