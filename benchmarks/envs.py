@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.0, help="length of one timed run")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per point (best kept)")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]  # the machine may be shared: report how busy it was
     results: dict[str, dict] = {}
     for env_id, kwargs in NATIVE.items():
         row: dict = {"kwargs": kwargs}
@@ -77,6 +78,7 @@ def main() -> None:
         "processor": platform.processor() or platform.machine(),
         "python": platform.python_version(),
         "numpy": np.__version__,
+        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
     print(json.dumps({"steps_per_second": results, "machine": machine, **vars(args)}, indent=2))
 
