@@ -26,12 +26,10 @@ class MemoryChainVector(BatchedEnv):
         length: memory length L >= 1 (steps between the context and the query).
         num_bits: number of context bits n >= 1.
         seed: env i uses seed + i on the first reset.
-        render_mode: must be None (no picture of this task).
+        render_mode: None or "rgb_array".
 
     Observations float32 [N, n + 2]; actions int [N] in {0, 1}.
     """
-
-    metadata = {**BatchedEnv.metadata, "render_modes": []}
 
     def __init__(
         self,
@@ -79,12 +77,27 @@ class MemoryChainVector(BatchedEnv):
         obs[:, 2:] = self._context[sl] * (t == 0)[:, None]
         return obs
 
+    def _render_env(self, i: int, cell: int = 16) -> np.ndarray:
+        """Top row: the observation (time left grey, query blue, bits green +1 / red -1); bottom
+        row: the hidden context, the queried bit framed in white. uint8 [2 cell, (n + 2) cell, 3]."""
+        obs = self._observe(np.array([i]))[0]
+        img = np.zeros((2, self.num_bits + 2, 3), dtype=np.float64)
+        img[0, 0] = max(obs[0], 0.0)
+        img[0, 1, 2] = (obs[1] + 1) / self.num_bits if self._t[i] == self.length else 0.0
+        for row, bits in ((0, obs[2:]), (1, self._context[i])):
+            img[row, 2:, 0] = bits < 0
+            img[row, 2:, 1] = bits > 0
+        img = np.repeat(np.repeat((img * 200).astype(np.uint8), cell, 0), cell, 1)
+        q = (2 + self._query[i]) * cell
+        img[cell:, q : q + cell][[0, -1]] = 255
+        img[cell:, q : q + cell][:, [0, -1]] = 255
+        return img
+
 
 class MemoryChainEnv(SingleEnv):
     """Single memory chain (``urlstm/MemoryChain-v0``, kwargs ``length``, ``num_bits``)."""
 
     batched_cls = MemoryChainVector
-    metadata = {"render_modes": [], "render_fps": 8}
 
     def __init__(self, length: int = 50, num_bits: int = 1, render_mode: str | None = None) -> None:
         super().__init__(render_mode=render_mode, length=length, num_bits=num_bits)

@@ -370,3 +370,6 @@ def test_vector_entry_point_and_render() -> None:
     venv = envs.make("tmaze-passive", 2, seed=0, length=200, render_mode="rgb_array")
     venv.reset()
     assert venv.render()[0].shape == (24, 512, 3)
+    venv = envs.make("memory-chain", 2, seed=0, num_bits=3, render_mode="rgb_array")
+    venv.reset()
+    assert venv.render()[1].shape == (32, 80, 3)
