@@ -1,0 +1,184 @@
+"""Training configuration: one frozen dataclass; `train.py` generates its flags from it.
+
+The string literal under each field is its help text (train.py reads it). Invalid values fail in
+``__post_init__`` with a ``ConfigError`` whose message says what to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names the flag and what to change."""
+
+
+def _default_env_kwargs() -> dict[str, Any]:
+    return {"length": 40}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a PPO run needs. Defaults: UR-LSTM on the passive T-maze of length 40."""
+
+    # --- task and agent -------------------------------------------------------------------------
+    env: str = "urlstm/TMazePassive-v0"
+    """Environment id: a native task (urlstm/TMazePassive-v0, urlstm/TMazeActive-v0,
+    urlstm/MemoryChain-v0, urlstm/VisualMatchPassive-v0, ...), MiniGrid-MemoryS7-v0, a POPGym id, or
+    any Gymnasium id."""
+    env_kwargs: dict[str, Any] = field(default_factory=_default_env_kwargs)
+    """Keyword arguments of the environment as key=value pairs, e.g. --env-kwargs length=100
+    (values are parsed as Python literals; pass --env-kwargs with nothing after it for none)."""
+    core: str = "urlstm"
+    """Memory core: lstm, gru, urlstm, urgru, mlp (no memory), or a gate-grid variant such as lstm:UR."""
+    hidden_size: int = 128
+    """Width of the memory core (its output and recurrent state)."""
+    num_layers: int = 1
+    """Number of stacked core layers."""
+    embed_size: int = 128
+    """Width of the observation encoder's output, the core's input."""
+    prev_action_reward: bool = True
+    """Feed the previous action and reward to the core next to the observation."""
+
+    # --- PPO (CleanRL's names) ------------------------------------------------------------------
+    total_steps: int = 400_000
+    """Environment steps to train for (all envs together)."""
+    num_envs: int = 64
+    """Environments stepped in parallel."""
+    num_steps: int = 82
+    """Rollout length per env per update. For memory length L use a multiple of the episode length
+    (L+1 for the passive T-maze) so that episodes never straddle two rollouts."""
+    seq_len: int = 82
+    """Length of the training sequences (a divisor of num_steps): gradients flow through at most
+    seq_len steps. seq_len = num_steps back-propagates through the whole rollout."""
+    learning_rate: float = 1e-3
+    """Adam learning rate."""
+    anneal_lr: bool = True
+    """Decay the learning rate linearly to 0 over the run."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    num_minibatches: int = 4
+    """Minibatches per epoch; they split the num_envs * num_steps / seq_len sequences."""
+    update_epochs: int = 4
+    """Passes over the rollout per update."""
+    norm_adv: bool = True
+    """Normalise advantages in each minibatch."""
+    clip_coef: float = 0.2
+    """PPO ratio clipping coefficient."""
+    clip_vloss: bool = True
+    """Clip the value loss around the rollout's values."""
+    ent_coef: float = 0.01
+    """Entropy bonus coefficient."""
+    vf_coef: float = 0.5
+    """Value loss coefficient."""
+    max_grad_norm: float = 0.5
+    """Global gradient norm clip."""
+    target_kl: float | None = None
+    """Stop the update's epochs early when the approximate KL exceeds this (none: never)."""
+
+    # --- run --------------------------------------------------------------------------------------
+    seed: int = 1
+    """Seed of torch, numpy and the environments."""
+    device: str = "auto"
+    """Learner device: auto (CUDA when available), cpu or cuda. Environments run on the CPU."""
+    torch_threads: int = 0
+    """torch.set_num_threads for the run (0: leave torch's default)."""
+    logdir: str = "runs"
+    """Parent folder of the run folders."""
+    run_name: str | None = None
+    """Run folder name (default: <env>__<core>__s<seed>__<timestamp>)."""
+    resume: str | None = None
+    """Continue a stopped run: a checkpoint file or a run folder. The run's saved configuration is
+    used; only --total-steps, --device, --torch-threads, --eval-episodes, --save-every and
+    --progress may be changed."""
+    eval_episodes: int = 100
+    """Episodes of the final evaluation (0: skip it)."""
+    eval_greedy: bool = False
+    """Evaluate with the most likely action instead of sampling."""
+    save_every: int = 50
+    """Write a checkpoint every this many updates (also at the end and on Ctrl-C)."""
+    log_every: int = 1
+    """Write scalars to TensorBoard every this many updates (histograms 10x rarer)."""
+    exact_resume: bool = True
+    """Record the actions sent to the environments so that --resume can replay them and continue
+    bit-for-bit; off: a resumed run re-seeds the environments."""
+    progress: bool = True
+    """Show a live progress bar."""
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ConfigError(message)
+
+        for name in ("hidden_size", "num_layers", "embed_size", "num_envs", "num_steps", "seq_len",
+                     "num_minibatches", "update_epochs", "save_every", "log_every"):
+            value = getattr(self, name)
+            need(isinstance(value, int) and value > 0,
+                 f"--{_flag(name)} must be a positive integer, got {value!r}")
+        need(self.total_steps > 0, f"--total-steps must be positive, got {self.total_steps}")
+        need(self.eval_episodes >= 0, f"--eval-episodes must be >= 0, got {self.eval_episodes}")
+        need(self.torch_threads >= 0, f"--torch-threads must be >= 0, got {self.torch_threads}")
+        need(self.num_steps % self.seq_len == 0,
+             f"--num-steps ({self.num_steps}) must be a multiple of --seq-len ({self.seq_len}): "
+             f"use a divisor of {self.num_steps} for --seq-len, e.g. {self.num_steps}")
+        need(self.num_sequences % self.num_minibatches == 0,
+             f"--num-minibatches ({self.num_minibatches}) must divide the number of training "
+             f"sequences, num_envs * num_steps / seq_len = {self.num_sequences}: "
+             f"use one of {_divisors(self.num_sequences)}")
+        need(self.learning_rate > 0, f"--learning-rate must be positive, got {self.learning_rate}")
+        need(0.0 <= self.gamma <= 1.0, f"--gamma must be in [0, 1], got {self.gamma}")
+        need(0.0 <= self.gae_lambda <= 1.0, f"--gae-lambda must be in [0, 1], got {self.gae_lambda}")
+        need(self.clip_coef > 0, f"--clip-coef must be positive, got {self.clip_coef}")
+        need(self.ent_coef >= 0, f"--ent-coef must be >= 0, got {self.ent_coef}")
+        need(self.vf_coef > 0, f"--vf-coef must be positive, got {self.vf_coef}")
+        need(self.max_grad_norm > 0, f"--max-grad-norm must be positive, got {self.max_grad_norm}")
+        need(self.target_kl is None or self.target_kl > 0,
+             f"--target-kl must be positive, got {self.target_kl}")
+        need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+             f"--device must be auto, cpu or cuda, got {self.device!r}")
+        need(isinstance(self.env_kwargs, dict), "--env-kwargs must be key=value pairs")
+        need(bool(self.env) and bool(self.core), "--env and --core must not be empty")
+
+    @property
+    def num_sequences(self) -> int:
+        """Training sequences per rollout: num_envs * num_steps / seq_len."""
+        return self.num_envs * (self.num_steps // self.seq_len)
+
+    @property
+    def batch_size(self) -> int:
+        """Environment steps per update."""
+        return self.num_envs * self.num_steps
+
+    @property
+    def num_updates(self) -> int:
+        """Updates in the run (total_steps rounded up to whole rollouts)."""
+        return -(-self.total_steps // self.batch_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown configuration keys {unknown}")
+        return cls(**data)
+
+
+# fields that --resume lets a person change
+RESUMABLE_OVERRIDES = ("total_steps", "device", "torch_threads", "eval_episodes", "save_every",
+                       "progress", "log_every", "eval_greedy")
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _divisors(n: int) -> str:
+    ds = [d for d in range(1, n + 1) if n % d == 0]
+    return ", ".join(map(str, ds[:8])) + (", ..." if len(ds) > 8 else "")

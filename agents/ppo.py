@@ -1,0 +1,496 @@
+"""Recurrent PPO (clipped objective, GAE) with whole-sequence minibatches: collect(), update(), train().
+
+Recurrence: the rollout keeps the core state at the start of every training sequence of ``seq_len``
+steps; minibatches are whole sequences re-run from those states, with episode resets applied inside
+the sequence by the core. With ``seq_len == num_steps`` the gradient spans the whole rollout, and a
+rollout that is a multiple of a fixed episode length (envs start together) holds whole episodes.
+Termination and truncation stay apart: a truncated episode bootstraps from the value of its final
+observation computed with the current recurrent state.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import nn
+
+from agents import checkpoint as ckpt
+from agents.config import TrainConfig
+from agents.logger import Logger
+from agents.returns import gae
+from policies.actor_critic import ActorCritic, obs_to_tensor, obs_zeros, tree_map
+
+State = tuple[torch.Tensor, ...]
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss or gradient became NaN/Inf; training stops and keeps the last good checkpoint."""
+
+
+# ---------------------------------------------------------------------------------------------
+# storage
+# ---------------------------------------------------------------------------------------------
+
+class Rollout:
+    """Preallocated time-major rollout storage for ``num_steps`` x ``num_envs``."""
+
+    def __init__(self, cfg: TrainConfig, policy: ActorCritic, device: torch.device):
+        T, B = cfg.num_steps, cfg.num_envs
+        a_shape, a_dtype = policy.head.action_shape(), policy.head.action_dtype()
+        self.obs = obs_zeros(policy.observation_space, (T, B), device)         # [T, B, ...]
+        self.prev_action = torch.zeros(T, B, *a_shape, dtype=a_dtype, device=device)
+        self.prev_reward = torch.zeros(T, B, device=device)                     # [T, B]
+        self.reset = torch.zeros(T, B, dtype=torch.bool, device=device)         # [T, B]
+        self.actions = torch.zeros(T, B, *a_shape, dtype=a_dtype, device=device)
+        self.logprobs = torch.zeros(T, B, device=device)                        # [T, B]
+        self.values = torch.zeros(T, B, device=device)                          # [T, B]
+        self.rewards = torch.zeros(T, B, device=device)                         # [T, B]
+        self.terminated = torch.zeros(T, B, dtype=torch.bool, device=device)    # [T, B]
+        self.truncated = torch.zeros(T, B, dtype=torch.bool, device=device)     # [T, B]
+        self.final_values = torch.zeros(T, B, device=device)                    # [T, B]
+        # core state before the first step of each sequence: each [K, L, B, H]
+        template = policy.initial_state(B, device)
+        self.states = tuple(torch.zeros(T // cfg.seq_len, *s.shape, dtype=s.dtype, device=device)
+                            for s in template)
+        self.next_value = torch.zeros(B, device=device)                         # [B]
+
+
+@dataclass
+class Carry:
+    """What flows from one rollout into the next: the current observation and memory."""
+
+    obs: Any                    # [B, ...] tensor tree
+    reset: torch.Tensor         # [B] bool: obs starts an episode
+    prev_action: torch.Tensor   # [B, *action_shape]
+    prev_reward: torch.Tensor   # [B]
+    state: State                # core state before obs
+
+
+class EpisodeStats:
+    """Finished episodes: returns, lengths and success flags (numpy, no tensor syncs)."""
+
+    def __init__(self, window: int = 100):
+        self.returns: deque[float] = deque(maxlen=window)
+        self.lengths: deque[int] = deque(maxlen=window)
+        self.successes: deque[float] = deque(maxlen=window)
+        self.new_returns: list[float] = []
+        self.new_lengths: list[int] = []
+        self.new_successes: list[float] = []
+        self.episodes = 0
+
+    def add(self, info: dict) -> None:
+        if "_episode" in info and info["_episode"].any():
+            m = info["_episode"]
+            r, l = info["episode"]["r"][m], info["episode"]["l"][m]
+            self.new_returns += r.tolist()
+            self.new_lengths += l.tolist()
+            self.episodes += int(m.sum())
+        if "_success" in info and info["_success"].any():
+            self.new_successes += np.asarray(info["success"])[info["_success"]].tolist()
+
+    def flush(self) -> dict[str, float]:
+        """Means over the episodes that finished since the last flush."""
+        out = {}
+        if self.new_returns:
+            out["episodic_return"] = float(np.mean(self.new_returns))
+            out["episodic_length"] = float(np.mean(self.new_lengths))
+        if self.new_successes:
+            out["success_rate"] = float(np.mean(self.new_successes))
+        self.returns.extend(self.new_returns)
+        self.lengths.extend(self.new_lengths)
+        self.successes.extend(self.new_successes)
+        self.new_returns, self.new_lengths, self.new_successes = [], [], []
+        return out
+
+    def recent(self) -> tuple[float | None, float | None]:
+        ret = float(np.mean(self.returns)) if self.returns else None
+        succ = float(np.mean(self.successes)) if self.successes else None
+        return ret, succ
+
+    def state_dict(self) -> dict:
+        return {"returns": list(self.returns), "lengths": list(self.lengths),
+                "successes": list(self.successes), "episodes": self.episodes}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.returns.extend(d["returns"])
+        self.lengths.extend(d["lengths"])
+        self.successes.extend(d["successes"])
+        self.episodes = d["episodes"]
+
+
+# ---------------------------------------------------------------------------------------------
+# env <-> tensors
+# ---------------------------------------------------------------------------------------------
+
+def env_actions(space: spaces.Space, action: torch.Tensor) -> np.ndarray:
+    """Policy actions [B, ...] -> what the vector env takes (Discrete start added, Box clipped)."""
+    a = action.cpu().numpy()
+    if isinstance(space, spaces.Discrete):
+        return a + space.start if space.start else a
+    if isinstance(space, spaces.MultiDiscrete) and np.any(getattr(space, "start", 0)):
+        return a + space.start
+    if isinstance(space, spaces.Box):
+        return np.clip(a, space.low, space.high).astype(space.dtype)
+    return a
+
+
+def stack_obs(space: spaces.Space, items: list) -> Any:
+    """A list of single observations -> one batched numpy observation."""
+    if isinstance(space, spaces.Dict):
+        return {k: stack_obs(s, [o[k] for o in items]) for k, s in space.spaces.items()}
+    if isinstance(space, spaces.Tuple):
+        return tuple(stack_obs(s, [o[i] for o in items]) for i, s in enumerate(space.spaces))
+    return np.stack([np.asarray(o) for o in items])
+
+
+class Timers:
+    """Seconds spent in env stepping, inference and learning (perf/ scalars)."""
+
+    def __init__(self) -> None:
+        self.env = self.inference = self.learn = 0.0
+
+    def reset(self) -> None:
+        self.env = self.inference = self.learn = 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# collect / update
+# ---------------------------------------------------------------------------------------------
+
+@torch.inference_mode()
+def collect(policy: ActorCritic, venv, ro: Rollout, carry: Carry, cfg: TrainConfig,
+            stats: EpisodeStats, timers: Timers, device: torch.device) -> Carry:
+    """Fill ``ro`` with ``num_steps`` steps of every env; returns the carry for the next rollout."""
+    obs_space, act_space = policy.observation_space, venv.single_action_space
+    obs, reset, prev_a, prev_r, state = carry.obs, carry.reset, carry.prev_action, carry.prev_reward, carry.state
+    t0 = time.perf_counter()
+    env_time = 0.0
+    for t in range(cfg.num_steps):
+        if t % cfg.seq_len == 0:
+            for buf, s in zip(ro.states, state):
+                buf[t // cfg.seq_len].copy_(s)
+        tree_map(lambda buf, x: buf[t].copy_(x), ro.obs, obs)
+        ro.reset[t] = reset
+        ro.prev_action[t] = prev_a
+        ro.prev_reward[t] = prev_r
+        out = policy.act(obs, state, reset, prev_a, prev_r)
+        ro.actions[t] = out.action
+        ro.logprobs[t] = out.logprob
+        ro.values[t] = out.value
+
+        e0 = time.perf_counter()
+        next_obs, reward, term, trunc, info = venv.step(env_actions(act_space, out.action))
+        env_time += time.perf_counter() - e0
+
+        reward_t = torch.as_tensor(reward, dtype=torch.float32).to(device, non_blocking=True)
+        term_t = torch.as_tensor(term).to(device, non_blocking=True)
+        trunc_t = torch.as_tensor(trunc).to(device, non_blocking=True)
+        ro.rewards[t] = reward_t
+        ro.terminated[t] = term_t
+        ro.truncated[t] = trunc_t
+        cut = np.logical_and(trunc, np.logical_not(term))
+        if cut.any():
+            # time limit: V(final obs) with the memory after this step, previous action/reward
+            idx_np = np.flatnonzero(cut)
+            idx = torch.as_tensor(idx_np, device=device)
+            final = stack_obs(obs_space, [info["final_obs"][i] for i in idx_np])
+            v = policy.value(obs_to_tensor(obs_space, final, device), tuple(s[:, idx] for s in out.state),
+                             torch.zeros(len(idx_np), dtype=torch.bool, device=device),
+                             out.action[idx], reward_t[idx])
+            ro.final_values[t].zero_()
+            ro.final_values[t, idx] = v
+        stats.add(info)
+
+        obs = obs_to_tensor(obs_space, next_obs, device)
+        reset = term_t | trunc_t
+        prev_a, prev_r, state = out.action, reward_t, out.state
+    ro.next_value.copy_(policy.value(obs, state, reset, prev_a, prev_r))
+    timers.env += env_time
+    timers.inference += time.perf_counter() - t0 - env_time
+    return Carry(obs, reset, prev_a, prev_r, state)
+
+
+def _to_sequences(x: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """[T, B, ...] -> [seq_len, K*B, ...] with column k*B + b = steps k*seq_len.. of env b."""
+    T, B = x.shape[:2]
+    K = T // seq_len
+    if K == 1:
+        return x
+    return x.reshape(K, seq_len, B, *x.shape[2:]).transpose(0, 1).reshape(seq_len, K * B, *x.shape[2:])
+
+
+def update(policy: ActorCritic, optimizer: torch.optim.Optimizer, ro: Rollout,
+           advantages: torch.Tensor, returns: torch.Tensor, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """PPO epochs over whole-sequence minibatches; returns loss statistics (tensors)."""
+    L = cfg.seq_len
+    seq = lambda x: _to_sequences(x, L)  # noqa: E731
+    obs = tree_map(seq, ro.obs)
+    reset, actions = seq(ro.reset), seq(ro.actions)
+    prev_a, prev_r = seq(ro.prev_action), seq(ro.prev_reward)
+    old_logp, old_v = seq(ro.logprobs), seq(ro.values)
+    adv_all, ret_all = seq(advantages), seq(returns)
+    # [K, layers, B, H] -> [layers, K*B, H]
+    states0 = tuple(s.permute(1, 0, 2, 3).reshape(s.shape[1], -1, s.shape[3]) for s in ro.states)
+    num_seq = reset.shape[1]
+    mb_size = num_seq // cfg.num_minibatches
+    params = [p for p in policy.parameters() if p.requires_grad]
+    sums = {k: torch.zeros((), device=reset.device) for k in
+            ("policy_loss", "value_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac")}
+    count = 0
+    for _epoch in range(cfg.update_epochs):
+        perm = torch.randperm(num_seq, device=reset.device)
+        for start in range(0, num_seq, mb_size):
+            if cfg.num_minibatches == 1:
+                sel = lambda x: x  # noqa: E731
+            else:
+                idx = perm[start:start + mb_size]
+                sel = lambda x, idx=idx: x[:, idx]  # noqa: E731
+            logp, entropy, value = policy.evaluate(
+                tree_map(sel, obs), tuple(s[:, idx] for s in states0) if cfg.num_minibatches > 1 else states0,
+                sel(reset), sel(actions), sel(prev_a), sel(prev_r))
+            mb_adv, mb_ret, mb_v = sel(adv_all), sel(ret_all), sel(old_v)
+            logratio = logp - sel(old_logp)
+            ratio = logratio.exp()
+            with torch.no_grad():
+                old_approx_kl = (-logratio).mean()
+                approx_kl = ((ratio - 1) - logratio).mean()
+                clipfrac = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()
+            if cfg.norm_adv:
+                mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
+            pg_loss = torch.max(-mb_adv * ratio,
+                                -mb_adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+            if cfg.clip_vloss:
+                v_clipped = mb_v + (value - mb_v).clamp(-cfg.clip_coef, cfg.clip_coef)
+                v_loss = 0.5 * torch.max((value - mb_ret) ** 2, (v_clipped - mb_ret) ** 2).mean()
+            else:
+                v_loss = 0.5 * ((value - mb_ret) ** 2).mean()
+            ent = entropy.mean()
+            loss = pg_loss - cfg.ent_coef * ent + cfg.vf_coef * v_loss
+
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            if not bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):
+                raise NonFiniteLossError(
+                    f"loss became {loss.item()} (gradient norm {grad_norm.item()}): lower "
+                    "--learning-rate or --max-grad-norm")
+            optimizer.step()
+            for k, v in (("policy_loss", pg_loss), ("value_loss", v_loss), ("entropy", ent),
+                         ("approx_kl", approx_kl), ("old_approx_kl", old_approx_kl),
+                         ("clipfrac", clipfrac)):
+                sums[k] += v.detach()
+            count += 1
+        if cfg.target_kl is not None and approx_kl.item() > cfg.target_kl:
+            break
+    out = {k: v / count for k, v in sums.items()}
+    y, pred = returns.flatten(), ro.values.flatten()
+    var_y = y.var()
+    out["explained_variance"] = torch.where(var_y > 0, 1 - (y - pred).var() / var_y, torch.nan)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------------
+
+def _initial_carry(policy: ActorCritic, venv, cfg: TrainConfig, device: torch.device) -> Carry:
+    obs, _ = venv.reset(seed=cfg.seed)
+    B = cfg.num_envs
+    return Carry(obs=obs_to_tensor(policy.observation_space, obs, device),
+                 reset=torch.ones(B, dtype=torch.bool, device=device),
+                 prev_action=torch.zeros(B, *policy.head.action_shape(), dtype=policy.head.action_dtype(),
+                                         device=device),
+                 prev_reward=torch.zeros(B, device=device),
+                 state=policy.initial_state(B, device))
+
+
+class _StopFlag:
+    """First Ctrl-C: finish the current update, save, stop. Second Ctrl-C: abort at once."""
+
+    def __init__(self) -> None:
+        self.set = False
+        self._old = None
+
+    def __enter__(self) -> "_StopFlag":
+        try:
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread
+            self._old = None
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.set:
+            raise KeyboardInterrupt
+        self.set = True
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: torch.device,
+          resume: dict | None = None, stop: Callable[[int], bool] | None = None,
+          on_progress: Callable[[dict], None] | None = None) -> dict:
+    """Train ``policy`` on ``venv`` with PPO and write logs, checkpoints and summary.json.
+
+    Args:
+        cfg: the run's configuration.
+        venv: a gymnasium VectorEnv with ``cfg.num_envs`` envs (SAME_STEP autoreset).
+        policy: the actor-critic, already on ``device``.
+        run_dir: the run folder (exists).
+        device: learner device.
+        resume: a loaded checkpoint (``agents.checkpoint.load``) to continue from.
+        stop: optional ``stop(update) -> bool`` checked after each update (for tests and embedding).
+        on_progress: optional callback receiving the progress dict after each update.
+
+    Returns:
+        The summary dict (also written to ``run_dir/summary.json``); ``status`` is "finished",
+        "interrupted" or "diverged".
+    """
+    from tqdm import tqdm
+
+    from agents.evaluate import evaluate
+
+    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
+    ro = Rollout(cfg, policy, device)
+    stats, timers = EpisodeStats(), Timers()
+    logger = Logger(run_dir, purge_step=resume["global_step"] if resume else None)
+    global_step, update_idx, wall_before = 0, 0, 0.0
+    best_success: float | None = None
+    action_log: list[torch.Tensor] = []
+    if resume is not None:
+        policy.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        global_step, update_idx = resume["global_step"], resume["update"]
+        wall_before, best_success = resume["wall_time_s"], resume["best_success_rate"]
+        stats.load_state_dict(resume["stats"])
+        carry = ckpt.restore_envs(resume, venv, policy, cfg, device, action_log)
+        ckpt.set_rng_state(resume["rng"])
+    else:
+        carry = _initial_carry(policy, venv, cfg, device)
+
+    def save() -> str:
+        return ckpt.save(run_dir, cfg=cfg, policy=policy, optimizer=optimizer, global_step=global_step,
+                         update=update_idx, wall_time_s=wall_before + time.perf_counter() - start,
+                         carry=carry, stats=stats, best_success_rate=best_success,
+                         action_log=action_log if cfg.exact_resume else None)
+
+    start = time.perf_counter()
+    start_step = global_step
+    status = "finished"
+    bar = tqdm(total=cfg.num_updates * cfg.batch_size, initial=global_step, unit="step", unit_scale=True,
+               dynamic_ncols=True, disable=not cfg.progress, desc="train", smoothing=0.1)
+    with _StopFlag() as interrupted:
+        while update_idx < cfg.num_updates:
+            if cfg.anneal_lr:
+                frac = 1.0 - update_idx / cfg.num_updates
+                for group in optimizer.param_groups:
+                    group["lr"] = frac * cfg.learning_rate
+            policy.eval()
+            carry = collect(policy, venv, ro, carry, cfg, stats, timers, device)
+            if cfg.exact_resume:
+                action_log.append(ckpt.compact_actions(ro.actions))
+            global_step += cfg.batch_size
+
+            l0 = time.perf_counter()
+            policy.train()
+            advantages, returns = gae(ro.rewards, ro.values, ro.terminated, ro.truncated, ro.next_value,
+                                      ro.final_values, cfg.gamma, cfg.gae_lambda)
+            try:
+                losses = update(policy, optimizer, ro, advantages, returns, cfg)
+            except NonFiniteLossError as err:
+                status = f"diverged: {err}"
+                break
+            timers.learn += time.perf_counter() - l0
+            update_idx += 1
+
+            episodes = stats.flush()
+            recent_return, recent_success = stats.recent()
+            if recent_success is not None and len(stats.successes) >= min(20, stats.successes.maxlen):
+                best_success = recent_success if best_success is None else max(best_success, recent_success)
+            elapsed = time.perf_counter() - start
+            sps = (global_step - start_step) / max(elapsed, 1e-9)
+            if update_idx % cfg.log_every == 0 or update_idx == cfg.num_updates:
+                _log(logger, policy, global_step, update_idx, cfg, episodes, losses, timers, sps,
+                     optimizer.param_groups[0]["lr"])
+                timers.reset()
+            progress = {"step": global_step, "update": update_idx, "sps": sps, "return": recent_return,
+                        "success": recent_success}
+            bar.update(cfg.batch_size)
+            bar.set_postfix_str(_postfix(progress), refresh=False)
+            if on_progress is not None:
+                on_progress(progress)
+            if update_idx % cfg.save_every == 0 and update_idx < cfg.num_updates:
+                save()
+            if interrupted.set or (stop is not None and stop(update_idx)):
+                status = "interrupted"
+                break
+    bar.close()
+    diverged = status.startswith("diverged")
+    checkpoint_path = ckpt.path(run_dir)
+    if not diverged:
+        checkpoint_path = save()
+    wall = wall_before + time.perf_counter() - start
+    recent_return, recent_success = stats.recent()
+    final_eval = None
+    if status == "finished" and cfg.eval_episodes > 0:
+        final_eval = evaluate(policy, cfg, device, episodes=cfg.eval_episodes, greedy=cfg.eval_greedy)
+        logger.scalar("charts/eval_return", final_eval["return_mean"], global_step)
+        if final_eval["success_rate"] is not None:
+            logger.scalar("charts/eval_success_rate", final_eval["success_rate"], global_step)
+            s = final_eval["success_rate"]
+            best_success = s if best_success is None else max(best_success, s)
+    summary = {
+        "env": cfg.env, "env_kwargs": cfg.env_kwargs, "core": cfg.core, "algo": "ppo", "seed": cfg.seed,
+        "status": status, "total_steps": global_step, "updates": update_idx,
+        "wall_time_s": round(wall, 2), "sps": round(global_step / max(wall, 1e-9), 1),
+        "final_success_rate": final_eval["success_rate"] if final_eval else None,
+        "final_return": final_eval["return_mean"] if final_eval else recent_return,
+        "final_eval_episodes": final_eval["episodes"] if final_eval else 0,
+        "train_success_rate": recent_success, "train_return": recent_return,
+        "best_success_rate": best_success, "checkpoint": checkpoint_path, "run_dir": run_dir,
+    }
+    logger.write_json("summary.json", summary)
+    logger.close()
+    return summary
+
+
+def _postfix(p: dict) -> str:
+    parts = [f"SPS {p['sps']:,.0f}"]
+    if p["return"] is not None:
+        parts.append(f"return {p['return']:.3f}")
+    if p["success"] is not None:
+        parts.append(f"success {p['success']:.2f}")
+    return ", ".join(parts)
+
+
+def _log(logger: Logger, policy: ActorCritic, step: int, update_idx: int, cfg: TrainConfig,
+         episodes: dict, losses: dict, timers: Timers, sps: float, lr: float) -> None:
+    for k, v in episodes.items():
+        logger.scalar(f"charts/{k}", v, step)
+    logger.scalar("charts/SPS", sps, step)
+    logger.scalar("charts/learning_rate", lr, step)
+    for k, v in losses.items():
+        logger.scalar(f"losses/{k}", float(v), step)
+    total = timers.env + timers.inference + timers.learn
+    for k in ("env", "inference", "learn"):
+        seconds = getattr(timers, k)
+        logger.scalar(f"perf/{k}_s", seconds, step)
+        logger.scalar(f"perf/{k}_share", seconds / total if total > 0 else math.nan, step)
+    gates = policy.core.gate_stats() if hasattr(policy.core, "gate_stats") else None
+    if gates:
+        g, tau = gates["gate"], gates["timescale"]
+        logger.scalar("memory/gate_mean", float(g.mean()), step)
+        logger.scalar("memory/timescale_mean", float(tau.mean()), step)
+        logger.scalar("memory/timescale_median", float(tau.median()), step)
+        if (update_idx // cfg.log_every) % 10 == 1 or update_idx == cfg.num_updates:
+            logger.histogram("memory/gate", g, step)
+            logger.histogram("memory/log10_timescale", tau.log10(), step)

@@ -1,0 +1,320 @@
+"""Train a recurrent PPO agent on a memory task, or evaluate a checkpoint.
+
+    python train.py [flags]                       # train (defaults: UR-LSTM on the passive T-maze)
+    python train.py eval --checkpoint RUN_OR_FILE [--episodes N] [--video out.gif]
+
+This is the only module that parses flags: they are generated from ``agents.config.TrainConfig``,
+whose field docstrings are the help text. Bad input prints one line ``error: ...`` and exits with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import json
+import os
+import random
+import sys
+import textwrap
+import time
+import typing
+from typing import Any, Sequence
+
+from agents.config import RESUMABLE_OVERRIDES, ConfigError, TrainConfig
+
+
+class UsageError(Exception):
+    """Bad command-line input: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:  # one line, exit 2
+        raise UsageError(message)
+
+
+# ---------------------------------------------------------------------------------------------
+# flags from the dataclass
+# ---------------------------------------------------------------------------------------------
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Map each dataclass field to the string literal written under it."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return {}
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _optional(kind):
+    def parse(text: str):
+        return None if text.lower() in ("none", "null", "") else kind(text)
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def parse_kwargs(items: Sequence[str]) -> dict[str, Any]:
+    """["length=100", "name=abc"] -> {"length": 100, "name": "abc"} (values as Python literals)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise UsageError(f"--env-kwargs takes key=value pairs, got {item!r}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> None:
+    """One flag per dataclass field; defaults are SUPPRESSed so that explicit flags can be told apart."""
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        kind = hints[f.name]
+        args = typing.get_args(kind)
+        optional = type(None) in args
+        base = next((a for a in args if a is not type(None)), kind) if optional else kind
+        shown = " ".join(f"{k}={v!r}" for k, v in default.items()) if isinstance(default, dict) else default
+        help_text = f"{docs.get(f.name, '')} (default: {shown})".replace("%", "%%")
+        common = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
+        if base is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
+        elif typing.get_origin(base) is dict or base is dict:
+            parser.add_argument(flag, nargs="*", metavar="KEY=VALUE", **common)
+        else:
+            parser.add_argument(flag, type=_optional(base) if optional else base,
+                                metavar=base.__name__.upper(), **common)
+
+
+def parse_train(argv: Sequence[str]) -> tuple[TrainConfig, set[str]]:
+    """Flags -> (config, names of the fields given explicitly)."""
+    parser = _Parser(prog="train.py", description="Train a recurrent PPO agent on a memory task. "
+                     "Subcommand: 'train.py eval --checkpoint PATH' evaluates a trained agent.")
+    add_config_flags(parser)
+    given = vars(parser.parse_args(list(argv)))
+    if "env_kwargs" in given:
+        given["env_kwargs"] = parse_kwargs(given["env_kwargs"])
+    return TrainConfig(**given), set(given)
+
+
+def parse_eval(argv: Sequence[str]) -> argparse.Namespace:
+    parser = _Parser(prog="train.py eval", description="Evaluate a checkpoint: play whole episodes "
+                     "with the recurrent state carried across steps; report success and return.")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
+    parser.add_argument("--episodes", type=int, default=100, help="episodes to play (default: 100)")
+    parser.add_argument("--video", default=None, metavar="OUT.gif", help="also save one episode as a GIF")
+    parser.add_argument("--greedy", action="store_true", help="take the most likely action")
+    parser.add_argument("--seed", type=int, default=None, help="env seed (default: training seed + 10000)")
+    parser.add_argument("--num-envs", type=int, default=None, help="envs in parallel (default: the run's)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    args = parser.parse_args(list(argv))
+    if args.episodes < 1:
+        raise UsageError(f"--episodes must be >= 1, got {args.episodes}")
+    if args.num_envs is not None and args.num_envs < 1:
+        raise UsageError(f"--num-envs must be >= 1, got {args.num_envs}")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# building
+# ---------------------------------------------------------------------------------------------
+
+def resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda but no CUDA device is available: use --device cpu or auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_env(cfg: TrainConfig, num_envs: int | None = None, seed: int | None = None):
+    """envs.make with the config's id and kwargs; bad ids or kwargs raise UsageError."""
+    import envs
+
+    try:
+        return envs.make(cfg.env, num_envs or cfg.num_envs, cfg.seed if seed is None else seed, **cfg.env_kwargs)
+    except (ValueError, TypeError, ImportError) as err:
+        raise UsageError(_one_line(err)) from None
+    except Exception as err:  # gymnasium.error.Error and friends from third-party ids
+        if type(err).__module__.startswith("gymnasium"):
+            raise UsageError(f"cannot make env {cfg.env!r}: {_one_line(err)}") from None
+        raise
+
+
+def make_policy(cfg: TrainConfig, venv, device):
+    from policies.actor_critic import ActorCritic
+
+    try:
+        policy = ActorCritic(venv.single_observation_space, venv.single_action_space, core=cfg.core,
+                             hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, embed_size=cfg.embed_size,
+                             prev_action_reward=cfg.prev_action_reward)
+    except ValueError as err:
+        raise UsageError(_one_line(err)) from None
+    return policy.to(device)
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return " ".join(text.split())
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+# ---------------------------------------------------------------------------------------------
+
+def run_train(argv: Sequence[str], stop=None) -> tuple[int, dict | None]:
+    """Parse, build and train; returns (exit code, summary)."""
+    import torch
+
+    from agents import checkpoint as ckpt
+    from agents import ppo
+    from agents.logger import git_commit, make_run_dir, write_json
+
+    cfg, given = parse_train(argv)
+    resume = None
+    if cfg.resume is not None:
+        resume = ckpt.load(cfg.resume)
+        saved = TrainConfig.from_dict(resume["config"])
+        changed = sorted(k for k in given - {"resume"} if k not in RESUMABLE_OVERRIDES
+                         and getattr(cfg, k) != getattr(saved, k))
+        if changed:
+            flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+            raise UsageError(f"{flags} cannot change when resuming (allowed: "
+                             f"{', '.join('--' + k.replace('_', '-') for k in RESUMABLE_OVERRIDES)})")
+        overrides = {k: getattr(cfg, k) for k in given if k in RESUMABLE_OVERRIDES}
+        cfg = dataclasses.replace(saved, **overrides, resume=cfg.resume)
+        if resume["update"] >= cfg.num_updates:
+            raise UsageError(f"the run already did {resume['global_step']} steps: raise --total-steps to "
+                             "continue it")
+    device = resolve_device(cfg.device)
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    seed_everything(cfg.seed)
+    venv = make_env(cfg)
+    policy = make_policy(cfg, venv, device)
+    if resume is not None:
+        run_dir = os.path.dirname(os.path.abspath(resume["path"]))
+    else:
+        run_dir = make_run_dir(cfg.logdir, cfg.env, cfg.core, cfg.seed, cfg.run_name)
+    meta = {**cfg.to_dict(), "git_commit": git_commit(), "device_resolved": str(device),
+            "torch": torch.__version__, "torch_threads_resolved": torch.get_num_threads(),
+            "params": sum(p.numel() for p in policy.parameters()),
+            "command": "python train.py " + " ".join(argv), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    write_json(os.path.join(run_dir, "config.json" if resume is None else "config_resumed.json"), meta)
+    if cfg.progress:
+        print(f"training {cfg.core} on {cfg.env} {cfg.env_kwargs or ''} for {cfg.num_updates * cfg.batch_size:,} "
+              f"steps on {device}; run folder {run_dir}", file=sys.stderr)
+    try:
+        summary = ppo.train(cfg, venv, policy, run_dir, device, resume=resume, stop=stop)
+    finally:
+        venv.close()
+    print(report(summary))
+    return (1 if summary["status"].startswith("diverged") else 0), summary
+
+
+def report(s: dict) -> str:
+    minutes, seconds = divmod(int(round(s["wall_time_s"])), 60)
+    lines = []
+    if s["status"].startswith("diverged"):
+        lines.append(f"error: training stopped at step {s['total_steps']:,}: {s['status'][len('diverged: '):]}")
+        lines.append(f"  last good checkpoint: {s['checkpoint']}")
+    else:
+        lines.append(f"{s['status']}: {s['total_steps']:,} steps in {minutes}m{seconds:02d}s ({s['sps']:,.0f} SPS)")
+
+    def fmt(x):
+        return "n/a" if x is None else f"{x:.3f}"
+    lines.append(f"  training, last 100 episodes: return {fmt(s['train_return'])}, "
+                 f"success {fmt(s['train_success_rate'])}")
+    if s["final_eval_episodes"]:
+        lines.append(f"  evaluation, {s['final_eval_episodes']} episodes: return {fmt(s['final_return'])}, "
+                     f"success {fmt(s['final_success_rate'])}")
+    lines.append(f"  best success rate: {fmt(s['best_success_rate'])}")
+    lines.append(f"logs:       tensorboard --logdir {s['run_dir']}")
+    lines.append(f"summary:    {os.path.join(s['run_dir'], 'summary.json')}")
+    if not s["status"].startswith("diverged"):
+        lines.append(f"checkpoint: {s['checkpoint']}   (continue: python train.py --resume {s['run_dir']} "
+                     "--total-steps N; evaluate: python train.py eval --checkpoint ...)")
+    return "\n".join(lines)
+
+
+def run_eval(argv: Sequence[str]) -> int:
+    import torch
+
+    from agents import checkpoint as ckpt
+    from agents.evaluate import evaluate, record_gif
+
+    args = parse_eval(argv)
+    data = ckpt.load(args.checkpoint)
+    cfg = TrainConfig.from_dict({**data["config"], "resume": None})
+    device = resolve_device(args.device)
+    seed_everything(cfg.seed if args.seed is None else args.seed)
+    probe = make_env(cfg, num_envs=1)
+    policy = make_policy(cfg, probe, device)
+    probe.close()
+    try:
+        policy.load_state_dict({k: v.to(device) for k, v in data["model"].items()})
+    except RuntimeError as err:
+        raise ckpt.CheckpointError(f"checkpoint weights do not fit its own config: {_one_line(err)[:200]}")
+    policy.eval()
+    result = evaluate(policy, cfg, device, episodes=args.episodes, greedy=args.greedy, seed=args.seed,
+                      num_envs=args.num_envs)
+    result.update(checkpoint=data["path"], env=cfg.env, core=cfg.core, global_step=data["global_step"])
+    if args.video:
+        try:
+            result["video"] = record_gif(policy, cfg, device, args.video, greedy=args.greedy, seed=args.seed)
+        except ValueError as err:
+            raise UsageError(_one_line(err)) from None
+    if args.json:
+        print(json.dumps(result))
+    else:
+        succ = "n/a" if result["success_rate"] is None else f"{result['success_rate']:.3f}"
+        print(f"{cfg.core} on {cfg.env} after {data['global_step']:,} steps: success {succ}, return "
+              f"{result['return_mean']:.3f} +- {result['return_std']:.3f} over {result['episodes']} episodes "
+              f"({'greedy' if args.greedy else 'sampled'} actions)")
+        if args.video:
+            v = result["video"]
+            print(f"GIF: {v['file']} ({v['frames']} frames, return {v['return']:.3f})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from agents.checkpoint import CheckpointError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["eval"]:
+            return run_eval(argv[1:])
+        if argv[:1] == ["train"]:
+            argv = argv[1:]
+        return run_train(argv)[0]
+    except (UsageError, ConfigError, CheckpointError) as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
