@@ -1,0 +1,95 @@
+"""Speed of every memory core next to torch.nn.LSTM, measured alternately in one run; prints JSON.
+
+    python benchmarks/cores.py [--reps 15] [--threads 2] [--cores lstm,gru,urlstm,...]
+
+For each size and core: median milliseconds per call of forward+backward (train) and forward under
+no_grad (infer), and their ratio to torch.nn.LSTM at the same size. Cores are timed round-robin
+(one call of each in turn, repeated) so that machine noise hits all of them alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from policies.cores import kernels, make_core
+
+SIZES = {  # name: (T, B, D, H)
+    "T128_B64_D128_H256": (128, 64, 128, 256),
+    "T128_B16_D64_H64": (128, 16, 64, 64),
+    "step_B64_D128_H128": (1, 64, 128, 128),
+}
+DEFAULT_CORES = "urlstm,urgru,lstm,gru,lstm:--,lstm:UR@reference"
+
+
+def build(name: str, D: int, H: int) -> nn.Module:
+    if name == "nn.LSTM":
+        return nn.LSTM(D, H)
+    spec, _, impl = name.partition("@")
+    return make_core(spec, D, H, impl=impl or "fast")
+
+
+def timer(module: nn.Module, x: torch.Tensor, train: bool):
+    def call() -> float:
+        start = time.perf_counter()
+        if train:
+            y, _ = module(x)
+            y.sum().backward()
+        else:
+            with torch.no_grad():
+                module(x)
+        return time.perf_counter() - start
+    return call
+
+
+def measure(size: tuple[int, int, int, int], names: list[str], reps: int) -> dict:
+    T, B, D, H = size
+    torch.manual_seed(0)
+    x = torch.randn(T, B, D)
+    out = {}
+    for train in (True, False):
+        calls = {n: timer(build(n, D, H), x.requires_grad_(train), train) for n in names}
+        for call in calls.values():  # warm-up (and first-use compilation) outside the timing
+            call(), call()
+        times: dict[str, list[float]] = {n: [] for n in names}
+        inner = max(1, int(0.02 / max(1e-5, min(calls[n]() for n in names))))  # ~20 ms per sample
+        for _ in range(reps):
+            for n, call in calls.items():
+                times[n].append(sum(call() for _ in range(inner)) / inner)
+        for n in names:
+            out.setdefault(n, {})["train_ms" if train else "infer_ms"] = 1e3 * statistics.median(times[n])
+    base = out["nn.LSTM"]
+    for n in names:
+        out[n]["train_ratio"] = round(out[n]["train_ms"] / base["train_ms"], 3)
+        out[n]["infer_ratio"] = round(out[n]["infer_ms"] / base["infer_ms"], 3)
+        out[n]["train_ms"] = round(out[n]["train_ms"], 3)
+        out[n]["infer_ms"] = round(out[n]["infer_ms"], 3)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=15, help="timed rounds per core (median reported)")
+    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    ap.add_argument("--cores", default=DEFAULT_CORES, help="comma-separated specs; '@reference' selects the autograd loop")
+    ap.add_argument("--sizes", default=",".join(SIZES), help=f"comma-separated subset of {list(SIZES)}")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    names = ["nn.LSTM"] + [c for c in args.cores.split(",") if c]
+    result = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
+                    "torch": torch.__version__, "compiled_loop": kernels.extension() is not None},
+        "reps": args.reps,
+        "sizes": {s: measure(SIZES[s], names, args.reps) for s in args.sizes.split(",")},
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
