@@ -85,8 +85,10 @@ class TrainConfig:
     """Seed of torch, numpy and the environments."""
     device: str = "auto"
     """Learner device: auto (CUDA when available), cpu or cuda. Environments run on the CPU."""
-    torch_threads: int = 0
-    """torch.set_num_threads for the run (0: leave torch's default)."""
+    torch_threads: int = 1
+    """torch.set_num_threads for the run (0: torch's default, one per core). One thread is fastest for
+    these small networks and leaves the other cores to the environments; on a busy machine torch's
+    multi-threaded ops can be 100x slower, as their threads wait for each other."""
     logdir: str = "runs"
     """Parent folder of the run folders."""
     run_name: str | None = None

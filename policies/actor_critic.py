@@ -80,7 +80,8 @@ class FlatEncoder(nn.Module):
         self.out_size = int(np.prod(space.shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(x.shape[0], -1).float()
+        x = x.reshape(x.shape[0], -1)
+        return x if x.is_floating_point() else x.float()
 
 
 class OneHotEncoder(nn.Module):
@@ -138,7 +139,7 @@ class ImageEncoder(nn.Module):
             e = self.embed(x.long() + self.offsets)                      # [N, H, W, C, 8]
             x = e.flatten(3)                                             # [N, H, W, 8C]
         else:
-            x = x.float() * self.scale
+            x = x.to(self.cnn[0].weight.dtype) * self.scale
         return self.cnn(x.permute(0, 3, 1, 2).contiguous())
 
 
@@ -321,7 +322,8 @@ class ActorCritic(nn.Module):
                 pa = self.head.encode(prev_action.reshape(n, *prev_action.shape[len(lead):]))
                 pr = prev_reward.reshape(n, 1).float()
             parts += [pa * keep, pr * keep]
-        return self.trunk(torch.cat(parts, 1)).reshape(*lead, -1)
+        dtype = self.trunk[0].weight.dtype
+        return self.trunk(torch.cat([p.to(dtype) for p in parts], 1)).reshape(*lead, -1)
 
     # -- acting -------------------------------------------------------------------------------
     def act(self, obs: Obs, state: State, reset: torch.Tensor, prev_action: torch.Tensor | None = None,

@@ -1,0 +1,122 @@
+"""The command line: one real `python train.py` subprocess, eval and GIF, bad flags and corrupt
+checkpoints (exit code 2, one line), help text; plus the slow learning checks."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--env-kwargs", "length=3", "--num-envs", "4", "--num-steps", "8", "--seq-len", "8",
+        "--num-minibatches", "2", "--update-epochs", "1", "--hidden-size", "16", "--embed-size", "16",
+        "--no-progress", "--device", "cpu"]
+
+
+def cli(*args, timeout=120):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_real_subprocess_run_then_eval_with_gif(tmp_path):
+    p = cli(*TINY, "--total-steps", "64", "--eval-episodes", "4", "--logdir", str(tmp_path), "--run-name", "r")
+    assert p.returncode == 0, p.stderr
+    run_dir = tmp_path / "r"
+    assert f"tensorboard --logdir {run_dir}" in p.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["total_steps"] == 64 and summary["status"] == "finished"
+    assert json.loads((run_dir / "config.json").read_text())["env_kwargs"] == {"length": 3}
+    gif = tmp_path / "episode.gif"
+    e = cli("eval", "--checkpoint", str(run_dir), "--episodes", "6", "--video", str(gif), "--json")
+    assert e.returncode == 0, e.stderr
+    result = json.loads(e.stdout.strip().splitlines()[-1])
+    assert result["episodes"] == 6 and 0.0 <= result["success_rate"] <= 1.0
+    assert gif.stat().st_size > 0 and result["video"]["frames"] >= 2
+
+
+def test_bad_flag_in_a_subprocess_is_one_line_and_exit_code_2():
+    p = cli("--num-steps", "100", "--seq-len", "30")
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --num-steps (100) must be a multiple of --seq-len")
+    assert "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--core", "nope"], "unknown core 'nope'"),
+    (["--env", "NoSuchEnv-v0"], "unknown environment id"),
+    (["--hidden-size", "-3"], "--hidden-size must be a positive integer"),
+    (["--num-envs", "0"], "--num-envs must be a positive integer"),
+    (["--num-minibatches", "3"], "--num-minibatches (3) must divide"),
+    (["--gamma", "1.5"], "--gamma must be in [0, 1]"),
+    (["--total-steps", "0"], "--total-steps must be positive"),
+    (["--learning-rate", "abc"], "invalid float value"),
+    (["--bogus"], "unrecognized arguments"),
+    (["--env-kwargs", "length"], "key=value"),
+    (["--env-kwargs", "lenght=5"], "unexpected kwargs"),
+    (["--device", "tpu"], "--device must be auto, cpu or cuda"),
+    (["eval"], "--checkpoint"),
+    (["eval", "--checkpoint", "/nonexistent/run"], "no checkpoint at"),
+])
+def test_bad_input_gives_one_line_and_exit_code_2(argv, message, capsys, tmp_path):
+    code = train.main([*argv, "--logdir", str(tmp_path)] if argv[0] != "eval" else argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not os.listdir(tmp_path), "nothing is written for bad input"
+
+
+@pytest.mark.parametrize("content", [b"garbage", b"", "foreign"])
+def test_corrupt_or_foreign_checkpoint_exit_code_2(content, tmp_path, capsys):
+    f = tmp_path / "checkpoint.pt"
+    if content == "foreign":
+        torch.save({"state_dict": {"w": torch.zeros(3)}}, f)
+    else:
+        f.write_bytes(content)
+    for argv in (["eval", "--checkpoint", str(f)], ["--resume", str(f)]):
+        assert train.main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and "checkpoint" in err[0]
+
+
+def test_help_documents_every_flag(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    from dataclasses import fields
+    from agents.config import TrainConfig
+    docs = train.field_docs(TrainConfig)
+    for f in fields(TrainConfig):
+        assert "--" + f.name.replace("_", "-") in text
+        assert docs.get(f.name), f"field {f.name} has no docstring"
+
+
+def test_flags_round_trip_into_the_config():
+    cfg, given = train.parse_train(["--core", "gru", "--env-kwargs", "length=7", "name='x'", "--no-anneal-lr",
+                                    "--target-kl", "0.02", "--seq-len", "41", "--num-steps", "82"])
+    assert cfg.core == "gru" and cfg.env_kwargs == {"length": 7, "name": "x"} and cfg.anneal_lr is False
+    assert cfg.target_kl == 0.02 and cfg.seq_len == 41
+    assert given == {"core", "env_kwargs", "anneal_lr", "target_kl", "seq_len", "num_steps"}
+    assert train.parse_train(["--target-kl", "none"])[0].target_kl is None
+    assert train.parse_train(["--env-kwargs"])[0].env_kwargs == {}
+
+
+# ---------------------------------------------------------------------------------------------
+# slow learning checks (pytest -m slow)
+# ---------------------------------------------------------------------------------------------
+
+SLOW_TMAZE = ["--env-kwargs", "length=20", "--num-steps", "84", "--seq-len", "84", "--num-envs", "64",
+              "--total-steps", "400000", "--eval-episodes", "200", "--no-progress"]
+
+
+@pytest.mark.slow
+def test_urlstm_learns_the_tmaze_and_mlp_does_not(tmp_path):
+    _, ur = train.run_train([*SLOW_TMAZE, "--core", "urlstm", "--logdir", str(tmp_path), "--run-name", "ur"])
+    _, mlp = train.run_train([*SLOW_TMAZE, "--core", "mlp", "--logdir", str(tmp_path), "--run-name", "mlp"])
+    assert ur["final_success_rate"] >= 0.95, ur
+    assert mlp["final_success_rate"] <= 0.65, mlp
