@@ -58,20 +58,27 @@ def pick_policy(core: str, observation_space: spaces.Space) -> Any:
 def build_model(
     core: str, env_id: str, length: int | None, seed: int, n_envs: int, hidden_size: int, **ppo: Any
 ) -> RecurrentPPO:
-    """RecurrentPPO with `core` (or "stock") on `n_envs` copies of `env_id`; `ppo` overrides defaults."""
+    """RecurrentPPO with `core` (or "stock") on `n_envs` copies of `env_id`; `ppo` overrides."""
     torch.set_num_threads(1)
     env = make_env(env_id, n_envs, seed, length)
     policy_kwargs: dict[str, Any] = {"lstm_hidden_size": hidden_size}
     if core != "stock":
         policy_kwargs["core"] = core
-    # Tuned on the passive T-maze (length 10), the same for every core: a high entropy bonus keeps the
-    # junction turn exploring while the corridor penalty is learnt, and target_kl stops the rare
-    # epochs whose update jumps (seen as collapses to a never-turning policy for stock and ours).
-    hyper = dict(n_steps=128, batch_size=256, n_epochs=4, learning_rate=3e-4, ent_coef=0.1,
-                 target_kl=0.03)
+    # Tuned on the passive T-maze (length 10), the same for every core: a high entropy bonus keeps
+    # the junction turn exploring while the corridor penalty is learnt, and target_kl stops the
+    # rare epochs whose update jumps (seen as collapses to a never-turning policy, stock and ours).
+    hyper = dict(
+        n_steps=128, batch_size=256, n_epochs=4, learning_rate=3e-4, ent_coef=0.1, target_kl=0.03
+    )
     hyper.update(ppo)
-    return RecurrentPPO(pick_policy(core, env.observation_space), env, seed=seed, device="cpu",
-                        policy_kwargs=policy_kwargs, **hyper)
+    return RecurrentPPO(
+        pick_policy(core, env.observation_space),
+        env,
+        seed=seed,
+        device="cpu",
+        policy_kwargs=policy_kwargs,
+        **hyper,
+    )
 
 
 def train_and_evaluate(
@@ -107,22 +114,42 @@ def train_and_evaluate(
             if flag is not None:
                 successes.append(float(flag))
 
-    returns, _ = evaluate_policy(model, eval_env, n_eval_episodes=eval_episodes, deterministic=True,
-                                 return_episode_rewards=True, callback=record)
-    hyper = {k: getattr(model, k) for k in ("n_steps", "batch_size", "n_epochs", "ent_coef", "target_kl")}
+    returns, _ = evaluate_policy(
+        model,
+        eval_env,
+        n_eval_episodes=eval_episodes,
+        deterministic=True,
+        return_episode_rewards=True,
+        callback=record,
+    )
+    hyper = {
+        k: getattr(model, k) for k in ("n_steps", "batch_size", "n_epochs", "ent_coef", "target_kl")
+    }
     return {
-        "core": core, "env": env_id, "length": length, "seed": seed,
-        "total_timesteps": total_timesteps, "n_envs": n_envs, "hidden_size": hidden_size,
-        "learning_rate": model.learning_rate, **hyper,
+        "core": core,
+        "env": env_id,
+        "length": length,
+        "seed": seed,
+        "total_timesteps": total_timesteps,
+        "n_envs": n_envs,
+        "hidden_size": hidden_size,
+        "learning_rate": model.learning_rate,
+        **hyper,
         "mean_return": float(np.mean(returns)),
         "success_rate": float(np.mean(successes)) if successes else None,
-        "train_seconds": round(seconds, 1), "sps": round(model.num_timesteps / seconds),
+        "train_seconds": round(seconds, 1),
+        "sps": round(model.num_timesteps / seconds),
     }
 
 
 def first_update(
-    core: str = "lstm", env_id: str = "urlstm/TMazePassive-v0", length: int | None = 10, seed: int = 0,
-    n_envs: int = 8, hidden_size: int = 64, **ppo: Any,
+    core: str = "lstm",
+    env_id: str = "urlstm/TMazePassive-v0",
+    length: int | None = 10,
+    seed: int = 0,
+    n_envs: int = 8,
+    hidden_size: int = 64,
+    **ppo: Any,
 ) -> dict[str, Any]:
     """Stock MlpLstmPolicy vs `core` from the same seed through one rollout and one PPO update.
 
@@ -135,22 +162,33 @@ def first_update(
         model = build_model(name, env_id, length, seed, n_envs, hidden_size, **ppo)
         initial = {k: v.clone() for k, v in model.policy.state_dict().items()}
         model.learn(model.n_steps * n_envs)  # one rollout, one update
-        logged = {k: float(v) for k, v in model.logger.name_to_value.items() if "loss" in k or "kl" in k}
+        logged = {
+            k: float(v) for k, v in model.logger.name_to_value.items() if "loss" in k or "kl" in k
+        }
         runs[name] = (initial, logged, model.policy.state_dict())
     (init_a, log_a, after_a), (init_b, log_b, after_b) = runs["stock"], runs[core]
     same_keys = init_a.keys() == init_b.keys()
     return {
-        "core": core, "env": env_id, "length": length, "seed": seed, "n_envs": n_envs,
-        "same_initial_weights": same_keys and all(torch.equal(init_a[k], init_b[k]) for k in init_a),
-        "stock": log_a, core: log_b,
+        "core": core,
+        "env": env_id,
+        "length": length,
+        "seed": seed,
+        "n_envs": n_envs,
+        "same_initial_weights": same_keys
+        and all(torch.equal(init_a[k], init_b[k]) for k in init_a),
+        "stock": log_a,
+        core: log_b,
         "max_abs_param_diff": max((after_a[k] - after_b[k]).abs().max().item() for k in after_a)
-        if same_keys else None,
+        if same_keys
+        else None,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--core", default="urlstm", help="a core spec, or 'stock' for MlpLstmPolicy")
+    parser.add_argument(
+        "--core", default="urlstm", help="a core spec, or 'stock' for MlpLstmPolicy"
+    )
     parser.add_argument("--env", default="urlstm/TMazePassive-v0", help="Gymnasium id")
     parser.add_argument("--length", type=int, default=10, help="env kwarg `length` (0: not passed)")
     parser.add_argument("--seed", type=int, default=0)
@@ -158,11 +196,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-envs", type=int, default=8)
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--eval-episodes", type=int, default=100)
-    parser.add_argument("--first-update", action="store_true",
-                        help="instead of training: compare one update of stock MlpLstmPolicy and --core")
+    parser.add_argument(
+        "--first-update",
+        action="store_true",
+        help="instead of training: compare one update of stock MlpLstmPolicy and --core",
+    )
     args = parser.parse_args(argv)
     if args.core != "stock" and args.core not in CORE_SPECS:
-        print(f"error: unknown core {args.core!r}; valid: stock, {', '.join(CORE_SPECS)}", file=sys.stderr)
+        print(
+            f"error: unknown core {args.core!r}; valid: stock, {', '.join(CORE_SPECS)}",
+            file=sys.stderr,
+        )
         return 2
     try:
         gym.spec(args.env)
@@ -170,12 +214,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown env {args.env!r} ({err})", file=sys.stderr)
         return 2
     if args.first_update:
-        result = first_update(args.core, args.env, args.length or None, args.seed, args.n_envs,
-                              args.hidden_size)
+        result = first_update(
+            args.core, args.env, args.length or None, args.seed, args.n_envs, args.hidden_size
+        )
         print(json.dumps(result))
         return 0
-    result = train_and_evaluate(args.core, args.env, args.length or None, args.seed,
-                                args.total_timesteps, args.n_envs, args.hidden_size, args.eval_episodes)
+    result = train_and_evaluate(
+        args.core,
+        args.env,
+        args.length or None,
+        args.seed,
+        args.total_timesteps,
+        args.n_envs,
+        args.hidden_size,
+        args.eval_episodes,
+    )
     print(json.dumps(result))
     return 0
 

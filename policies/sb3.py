@@ -40,7 +40,7 @@ from torch import nn
 
 from policies.cores import make_core
 
-__all__ = ["URLSTMPolicy", "URLSTMCnnPolicy", "URLSTMMultiInputPolicy"]
+__all__ = ["URLSTMCnnPolicy", "URLSTMMultiInputPolicy", "URLSTMPolicy"]
 
 _DEFAULT_HIDDEN = 256  # RecurrentActorCriticPolicy's default lstm_hidden_size
 
@@ -155,7 +155,7 @@ class URLSTMPolicy(RecurrentActorCriticPolicy):
 
     @staticmethod
     def _check_state_layout(core: nn.Module) -> int:
-        """Number of state tensors of `core` (0, 1 or 2); fails if sb3's (h, c) cannot carry them."""
+        """Number of state tensors of `core` (0, 1 or 2); fails if sb3's (h, c) can't carry them."""
         state = core.initial_state(1, th.device("cpu"))
         expected = (core.num_layers, 1, core.hidden_size)
         if len(state) > 2 or any(tuple(s.shape) != expected for s in state):

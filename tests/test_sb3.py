@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import envs  # noqa: F401  (registers urlstm/TMazePassive-v0)
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -20,6 +19,7 @@ from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.utils import set_random_seed
 
+import envs  # noqa: F401  (registers urlstm/TMazePassive-v0)
 from policies.sb3 import URLSTMCnnPolicy, URLSTMMultiInputPolicy, URLSTMPolicy
 
 torch.set_num_threads(1)
@@ -33,8 +33,8 @@ NET = dict(hidden_size=8, net_arch=dict(pi=[8], vf=[8]))
 class CueEnv(gym.Env):
     """Memory bit: a cue (+1 / -1) is shown at t = 0 only; at t = length the action must name it.
 
-    Observation (kind "vec"): [cue at t = 0 else 0, 1 at t = length else 0]; "img" paints the same two
-    numbers into a 36x36x1 uint8 image (NatureCNN's minimum); "dict" splits them into two keys.
+    Observation (kind "vec"): [cue at t = 0 else 0, 1 at t = length else 0]; "img" paints the same
+    two numbers into a 36x36x1 uint8 image (NatureCNN's minimum); "dict" splits them into two keys.
     Reward 1 for the right answer at the last step, 0 otherwise; a memoryless policy gets 0.5.
     """
 
@@ -100,9 +100,13 @@ def test_few_hundred_training_steps_and_evaluate_policy(core):
     assert 0.0 <= mean <= 1.0
 
 
-@pytest.mark.parametrize("policy, kind", [(URLSTMCnnPolicy, "img"), (URLSTMMultiInputPolicy, "dict")])
+@pytest.mark.parametrize(
+    "policy, kind", [(URLSTMCnnPolicy, "img"), (URLSTMMultiInputPolicy, "dict")]
+)
 def test_training_steps_other_observation_types(policy, kind):
-    model = RecurrentPPO(policy, CueEnv(kind=kind), policy_kwargs=dict(core="urlstm", **NET), **SMALL)
+    model = RecurrentPPO(
+        policy, CueEnv(kind=kind), policy_kwargs=dict(core="urlstm", **NET), **SMALL
+    )
     model.learn(64)
     assert np.isfinite(model.logger.name_to_value["train/loss"])
 
@@ -117,7 +121,9 @@ def test_training_steps_other_observation_types(policy, kind):
     ],
 )
 def test_recurrentppo_options(options):
-    model = RecurrentPPO(URLSTMPolicy, CueEnv(), policy_kwargs=dict(core="urgru", **NET, **options), **SMALL)
+    model = RecurrentPPO(
+        URLSTMPolicy, CueEnv(), policy_kwargs=dict(core="urgru", **NET, **options), **SMALL
+    )
     model.learn(32)
     has_critic_core = options.get("enable_critic_lstm", True)
     assert (model.policy.lstm_critic is not None) == has_critic_core
@@ -128,7 +134,9 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="unknown core"):
         RecurrentPPO(URLSTMPolicy, CueEnv(), policy_kwargs=dict(core="nope"), **SMALL)
     with pytest.raises(ValueError, match="disagree"):
-        RecurrentPPO(URLSTMPolicy, CueEnv(), policy_kwargs=dict(hidden_size=8, lstm_hidden_size=16), **SMALL)
+        RecurrentPPO(
+            URLSTMPolicy, CueEnv(), policy_kwargs=dict(hidden_size=8, lstm_hidden_size=16), **SMALL
+        )
     with pytest.raises(ValueError, match="enable_critic_lstm=False"):
         RecurrentPPO(URLSTMPolicy, CueEnv(), policy_kwargs=dict(shared_lstm=True), **SMALL)
 
@@ -173,17 +181,25 @@ def test_predict_episode_start_resets_state(core):
     model = RecurrentPPO(URLSTMPolicy, CueEnv(), policy_kwargs=dict(core=core, **NET), **SMALL)
     obs = np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]], np.float32)
     _, state = model.predict(obs[0], deterministic=True)
-    _, state = model.predict(obs[1], state=state, episode_start=np.array([False]), deterministic=True)
+    _, state = model.predict(
+        obs[1], state=state, episode_start=np.array([False]), deterministic=True
+    )
     assert np.abs(state[0]).sum() > 0
     _, fresh = model.predict(obs[2], state=None, deterministic=True)
-    _, reset = model.predict(obs[2], state=state, episode_start=np.array([True]), deterministic=True)
-    _, carried = model.predict(obs[2], state=state, episode_start=np.array([False]), deterministic=True)
+    _, reset = model.predict(
+        obs[2], state=state, episode_start=np.array([True]), deterministic=True
+    )
+    _, carried = model.predict(
+        obs[2], state=state, episode_start=np.array([False]), deterministic=True
+    )
     np.testing.assert_array_equal(reset[0], fresh[0])
     np.testing.assert_array_equal(reset[1], fresh[1])
     assert not np.allclose(carried[0], fresh[0])
     # per env in a batch of two: only the env that starts an episode is reset
     both = tuple(np.concatenate([s, s], axis=1) for s in state)
-    _, mixed = model.predict(obs[[2, 2]], state=both, episode_start=np.array([True, False]), deterministic=True)
+    _, mixed = model.predict(
+        obs[[2, 2]], state=both, episode_start=np.array([True, False]), deterministic=True
+    )
     np.testing.assert_allclose(mixed[0][:, :1], fresh[0], atol=1e-6)
     np.testing.assert_allclose(mixed[0][:, 1:], carried[0], atol=1e-6)
 
@@ -191,8 +207,12 @@ def test_predict_episode_start_resets_state(core):
 def _stock_and_adapter(seed: int, **algo):
     """Stock MlpLstmPolicy and the adapter with core="lstm" holding the same weights."""
     kw = dict(n_steps=64, batch_size=48, n_epochs=2, seed=seed, device="cpu", **algo)
-    stock = RecurrentPPO("MlpLstmPolicy", "CartPole-v1", policy_kwargs=dict(lstm_hidden_size=16), **kw)
-    ours = RecurrentPPO(URLSTMPolicy, "CartPole-v1", policy_kwargs=dict(core="lstm", hidden_size=16), **kw)
+    stock = RecurrentPPO(
+        "MlpLstmPolicy", "CartPole-v1", policy_kwargs=dict(lstm_hidden_size=16), **kw
+    )
+    ours = RecurrentPPO(
+        URLSTMPolicy, "CartPole-v1", policy_kwargs=dict(core="lstm", hidden_size=16), **kw
+    )
     return stock, ours
 
 
@@ -219,10 +239,15 @@ def test_lstm_matches_stock_on_training_batches():
         outs = []
         for policy in (stock.policy, ours.policy):
             policy.zero_grad()
-            values, log_prob, entropy = policy.evaluate_actions(b.observations, actions, b.lstm_states, b.episode_starts)
+            values, log_prob, entropy = policy.evaluate_actions(
+                b.observations, actions, b.lstm_states, b.episode_starts
+            )
             mask = b.mask > 1e-8
             ratio = torch.exp(log_prob - b.old_log_prob)
-            loss = -(b.advantages * ratio)[mask].mean() + ((b.returns - values.flatten()) ** 2)[mask].mean()
+            loss = (
+                -(b.advantages * ratio)[mask].mean()
+                + ((b.returns - values.flatten()) ** 2)[mask].mean()
+            )
             loss = loss - 0.01 * entropy[mask].mean()
             loss.backward()
             grads = [p.grad.clone() for p in policy.parameters()]
@@ -250,12 +275,17 @@ def test_lstm_matches_stock_on_training_batches():
 
 
 def test_lstm_first_updates_match_stock():
-    """Same seed, same budget: the logged losses and the trained weights agree within float tolerance."""
+    """Same seed, same budget: logged losses and trained weights agree within float tolerance."""
     stock, _ = _stock_and_adapter(seed=5)
     stock.learn(128)
     _, ours = _stock_and_adapter(seed=5)
     ours.learn(128)
-    for key in ("train/loss", "train/value_loss", "train/policy_gradient_loss", "train/entropy_loss"):
+    for key in (
+        "train/loss",
+        "train/value_loss",
+        "train/policy_gradient_loss",
+        "train/entropy_loss",
+    ):
         a, b = stock.logger.name_to_value[key], ours.logger.name_to_value[key]
         assert b == pytest.approx(a, rel=1e-4, abs=1e-6), key
     a, b = stock.policy.state_dict(), ours.policy.state_dict()
@@ -265,7 +295,9 @@ def test_lstm_first_updates_match_stock():
 
 def _example():
     """examples/sb3_recurrentppo.py as a module (examples/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("sb3_example", ROOT / "examples" / "sb3_recurrentppo.py")
+    spec = importlib.util.spec_from_file_location(
+        "sb3_example", ROOT / "examples" / "sb3_recurrentppo.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -273,8 +305,17 @@ def _example():
 
 def test_example_runs_and_rejects_bad_arguments(capsys):
     example = _example()
-    result = example.train_and_evaluate("urgru", "urlstm/TMazePassive-v0", length=3, total_timesteps=256,
-                                        n_envs=2, hidden_size=8, eval_episodes=3, n_steps=32, batch_size=32)
+    result = example.train_and_evaluate(
+        "urgru",
+        "urlstm/TMazePassive-v0",
+        length=3,
+        total_timesteps=256,
+        n_envs=2,
+        hidden_size=8,
+        eval_episodes=3,
+        n_steps=32,
+        batch_size=32,
+    )
     assert result["success_rate"] is not None and 0.0 <= result["success_rate"] <= 1.0
     assert example.main(["--core", "nope"]) == 2
     assert example.main(["--env", "NoSuchEnv-v0"]) == 2
@@ -285,9 +326,20 @@ def test_example_runs_and_rejects_bad_arguments(capsys):
 @pytest.mark.parametrize("core, passes", [("urlstm", True), ("mlp", False)])
 def test_urlstm_learns_short_passive_tmaze(core, passes):
     """The example's CLI, 150k steps on a length-10 passive T-maze: urlstm solves it, mlp cannot."""
-    cmd = [sys.executable, "examples/sb3_recurrentppo.py", "--core", core, "--length", "10", "--seed", "0"]
+    cmd = [
+        sys.executable,
+        "examples/sb3_recurrentppo.py",
+        "--core",
+        core,
+        "--length",
+        "10",
+        "--seed",
+        "0",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=True)
+    out = subprocess.run(
+        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=True
+    )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     if passes:
         assert result["success_rate"] >= 0.9, result
