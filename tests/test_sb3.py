@@ -111,6 +111,16 @@ def test_training_steps_other_observation_types(policy, kind):
     assert np.isfinite(model.logger.name_to_value["train/loss"])
 
 
+@pytest.mark.parametrize("use_sde", [False, True])
+def test_continuous_actions(use_sde):
+    policy_kwargs = dict(core="gru:CR", **NET)
+    model = RecurrentPPO(
+        URLSTMPolicy, "Pendulum-v1", use_sde=use_sde, policy_kwargs=policy_kwargs, **SMALL
+    )
+    model.learn(32)
+    assert np.isfinite(model.logger.name_to_value["train/loss"])
+
+
 @pytest.mark.parametrize(
     "options",
     [
