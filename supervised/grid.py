@@ -152,6 +152,7 @@ def write_report(run_dirs: list[str], out: str, title: str = "") -> dict[str, st
 def _style(core: str, index: int):
     import matplotlib.pyplot as plt
 
+    core = {"urlstm": "lstm:UR"}.get(core, core)
     if core.startswith("lstm:"):
         x, y = core[5], core[6]
         colors = {"-": "tab:gray", "C": "tab:green", "O": "tab:purple", "U": "tab:red"}
@@ -176,9 +177,11 @@ def _plot(order: dict[str, list[dict]], curves: dict[str, list[dict]], file: str
                 continue
             steps = [p[0] for p in series[0][:n]]
             mean = [statistics.fmean(s[j][1] for s in series) for j in range(n)]
-            ax.plot(steps, mean, style, color=color, label=core, lw=1.6 if core in ("lstm:UR", "urgru") else 1.1)
+            if key == "train_loss":  # running mean over 5 logged points: the copy loss is noisy per batch
+                mean = [statistics.fmean(mean[max(0, j - 4):j + 1]) for j in range(n)]
+            ax.plot(steps, mean, style, color=color, label=core, lw=1.8 if core in ("lstm:UR", "urlstm", "urgru") else 1.1)
     axes[0].axhline(baseline, color="black", lw=0.8, alpha=0.6, label="memoryless baseline")
-    axes[0].set(xlabel="step", ylabel="training loss (mean over seeds)")
+    axes[0].set(xlabel="step", ylabel="training loss (mean over seeds, smoothed)")
     axes[1].set(xlabel="step", ylabel="eval accuracy (mean over seeds)")
     axes[1].legend(fontsize=7, ncol=2, loc="best")
     fig.suptitle(title, fontsize=10)
