@@ -80,6 +80,25 @@ class TrainConfig:
     target_kl: float | None = None
     """Stop the update's epochs early when the approximate KL exceeds this (none: never)."""
 
+    # --- IMPALA (--algo impala) -------------------------------------------------------------------
+    algo: str = "ppo"
+    """Learner: ppo (synchronous rollouts) or impala (actor processes, V-trace, agents/impala.py)."""
+    num_actors: int = 2
+    """IMPALA: actor processes; each steps num_envs / num_actors environments."""
+    unroll_length: int = 82
+    """IMPALA: steps per actor unroll; gradients flow through a whole unroll, which starts from the
+    recurrent state the actor had (use a multiple of the episode length, as for --num-steps)."""
+    learner_batch: int = 2
+    """IMPALA: unrolls per learner update (an update trains on learner_batch * num_envs / num_actors
+    sequences of unroll_length steps)."""
+    max_policy_lag: int | None = 20
+    """IMPALA: drop unrolls acted by a policy more than this many updates older than the learner's
+    (none: keep all)."""
+    vtrace_rho_bar: float = 1.0
+    """IMPALA: V-trace clip of the importance weights (rho-bar)."""
+    vtrace_c_bar: float = 1.0
+    """IMPALA: V-trace clip of the trace coefficients (c-bar)."""
+
     # --- run --------------------------------------------------------------------------------------
     seed: int = 1
     """Seed of torch, numpy and the environments."""
@@ -127,7 +146,7 @@ class TrainConfig:
         need(self.num_steps % self.seq_len == 0,
              f"--num-steps ({self.num_steps}) must be a multiple of --seq-len ({self.seq_len}): "
              f"use a divisor of {self.num_steps} for --seq-len, e.g. {self.num_steps}")
-        need(self.num_sequences % self.num_minibatches == 0,
+        need(self.algo == "impala" or self.num_sequences % self.num_minibatches == 0,
              f"--num-minibatches ({self.num_minibatches}) must divide the number of training "
              f"sequences, num_envs * num_steps / seq_len = {self.num_sequences}: "
              f"use one of {_divisors(self.num_sequences)}")
@@ -144,6 +163,17 @@ class TrainConfig:
              f"--device must be auto, cpu or cuda, got {self.device!r}")
         need(isinstance(self.env_kwargs, dict), "--env-kwargs must be key=value pairs")
         need(bool(self.env) and bool(self.core), "--env and --core must not be empty")
+        need(self.algo in ("ppo", "impala"), f"--algo must be ppo or impala, got {self.algo!r}")
+        for name in ("num_actors", "unroll_length", "learner_batch"):
+            value = getattr(self, name)
+            need(isinstance(value, int) and value > 0,
+                 f"--{_flag(name)} must be a positive integer, got {value!r}")
+        need(self.algo != "impala" or self.num_envs % self.num_actors == 0,
+             f"--num-envs ({self.num_envs}) must be a multiple of --num-actors ({self.num_actors})")
+        need(self.max_policy_lag is None or self.max_policy_lag >= 0,
+             f"--max-policy-lag must be >= 0 (or none), got {self.max_policy_lag}")
+        need(self.vtrace_rho_bar > 0 and self.vtrace_c_bar > 0,
+             "--vtrace-rho-bar and --vtrace-c-bar must be positive")
 
     @property
     def num_sequences(self) -> int:
@@ -153,6 +183,8 @@ class TrainConfig:
     @property
     def batch_size(self) -> int:
         """Environment steps per update."""
+        if self.algo == "impala":
+            return self.learner_batch * (self.num_envs // self.num_actors) * self.unroll_length
         return self.num_envs * self.num_steps
 
     @property
