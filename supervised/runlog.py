@@ -46,7 +46,7 @@ def git_commit() -> str | None:
 def make_run_dir(logdir: str, label: str, core: str, seed: int, run_name: str | None = None) -> str:
     """Create ``logdir/<label>__<core>__s<seed>__<YYYYmmdd-HHMMSS>`` (or ``logdir/run_name``); never reuse one."""
     if run_name is None:
-        safe = lambda s: re.sub(r"[^A-Za-z0-9_.-]+", "-", s).strip("-") or "x"  # noqa: E731
+        safe = lambda s: re.sub(r"[^A-Za-z0-9_.-]+", "_", s) or "x"  # noqa: E731  lstm:-- -> lstm_--
         run_name = f"{safe(label)}__{safe(core)}__s{seed}__{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = os.path.join(logdir, run_name)
     base, n = run_dir, 1
