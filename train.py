@@ -191,7 +191,7 @@ def run_train(argv: Sequence[str], stop=None) -> tuple[int, dict | None]:
     import torch
 
     from agents import checkpoint as ckpt
-    from agents import ppo
+    from agents import impala, ppo
     from agents.logger import git_commit, make_run_dir, write_json
 
     cfg, given = parse_train(argv)
@@ -214,7 +214,7 @@ def run_train(argv: Sequence[str], stop=None) -> tuple[int, dict | None]:
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     seed_everything(cfg.seed)
-    venv = make_env(cfg)
+    venv = make_env(cfg, num_envs=1 if cfg.algo == "impala" else None)  # IMPALA's actors make their own
     policy = make_policy(cfg, venv, device)
     if resume is not None:
         run_dir = os.path.dirname(os.path.abspath(resume["path"]))
@@ -229,7 +229,8 @@ def run_train(argv: Sequence[str], stop=None) -> tuple[int, dict | None]:
         print(f"training {cfg.core} on {cfg.env} {cfg.env_kwargs or ''} for {cfg.num_updates * cfg.batch_size:,} "
               f"steps on {device}; run folder {run_dir}", file=sys.stderr)
     try:
-        summary = ppo.train(cfg, venv, policy, run_dir, device, resume=resume, stop=stop)
+        learner = impala.train if cfg.algo == "impala" else ppo.train
+        summary = learner(cfg, venv, policy, run_dir, device, resume=resume, stop=stop)
     finally:
         venv.close()
     print(report(summary))
