@@ -252,6 +252,7 @@ class ActorPool:
         self.held: set[int] = set()      # slots the learner took and has not released yet
         self.restarts = 0
         self.errors: list[str] = []
+        self.last_error: list[str | None] = [None] * cfg.num_actors
         self.episodes = EpisodeStats()   # filled from the actors' messages (merged by the caller)
         self.env_s = self.inference_s = 0.0
 
@@ -326,6 +327,7 @@ class ActorPool:
                     self.inference_s += inf_s
                 elif msg[0] == "error":
                     self.errors.append(f"actor {i}: {msg[1]}")
+                    self.last_error[i] = msg[1]
                     self.report(f"actor {i} raised {msg[1]}\n{msg[2]}")
         except (EOFError, OSError):
             return False
@@ -342,7 +344,7 @@ class ActorPool:
         self.conns[i].close()
         if self.unrolls_since_start[i] == 0:
             self.failures_in_a_row[i] += 1
-        last = self.errors[-1] if self.errors and self.errors[-1].startswith(f"actor {i}:") else how
+        last, self.last_error[i] = self.last_error[i] or how, None
         if self.failures_in_a_row[i] >= MAX_CONSECUTIVE_FAILURES:
             raise ActorFailedError(f"actor {i} died {self.failures_in_a_row[i]} times in a row before "
                                    f"producing an unroll; last error: {last}")
@@ -419,6 +421,8 @@ def update(policy: ActorCritic, optimizer: torch.optim.Optimizer, b: Batch,
     logp, entropy, values = logp[:T], entropy[:T], value[:T]                # [T, N]
     vs, pg_adv = vtrace(b.logprobs, logp.detach(), b.rewards, values.detach(), b.terminated, b.truncated,
                         value[T].detach(), b.final_values, cfg.gamma, cfg.vtrace_rho_bar, cfg.vtrace_c_bar)
+    if cfg.norm_adv:  # as PPO does: scale-free policy gradients (small shaped rewards)
+        pg_adv = (pg_adv - pg_adv.mean()) / (pg_adv.std() + 1e-8)
     pg_loss = -(pg_adv * logp).mean()
     v_loss = 0.5 * ((vs - values) ** 2).mean()
     ent = entropy.mean()
@@ -525,8 +529,7 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
                 w0 = time.perf_counter()
                 slots: list[int] = []
                 while len(slots) < cfg.learner_batch and not interrupted.set:
-                    if not pool.full:
-                        pool.wait(timeout=0.5)
+                    pool.wait(timeout=0.0 if pool.full else 0.5)  # also notices dead actors
                     while pool.full and len(slots) < cfg.learner_batch:
                         slot = pool.take()
                         lag = update_idx - int(pool.buffers.version[slot])
