@@ -1,0 +1,112 @@
+"""Training speed of IMPALA next to PPO: same network (UR-LSTM by default), same envs, one run each.
+
+    python benchmarks/impala_vs_ppo.py                          # MiniGrid-MemoryS7 and T-maze 100
+    python benchmarks/impala_vs_ppo.py --tasks tmaze --steps-tmaze 500000 --out result.json
+
+For each task, PPO (its default vector env: worker processes for MiniGrid, the batched native env
+for the T-maze) and IMPALA (``--num-actors`` actor processes, each with in-process envs) train for a
+fixed number of env steps without evaluation. Reported per run: end-to-end SPS (wall clock from the
+start of ``train()``, actor start-up included) and steady SPS (from the first finished update to
+the last). Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+import train  # noqa: E402
+from agents import impala, ppo  # noqa: E402
+from agents.config import TrainConfig  # noqa: E402
+from agents.logger import make_run_dir  # noqa: E402
+
+TASKS = {
+    # PPO: num_steps = unroll_length; IMPALA: the same envs split over the actors
+    "minigrid": dict(env="MiniGrid-MemoryS7-v0", env_kwargs={}, num_envs=16, num_steps=128, seq_len=128,
+                     unroll_length=128),
+    "tmaze": dict(env="urlstm/TMazePassive-v0", env_kwargs={"length": 100}, num_envs=32, num_steps=101,
+                  seq_len=101, unroll_length=101),
+}
+
+
+def measure(cfg: TrainConfig) -> dict:
+    """One training run of ``cfg`` (ppo or impala); SPS end to end and between the first/last update."""
+    device = train.resolve_device(cfg.device)
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)  # as train.py does (one thread by default)
+    train.seed_everything(cfg.seed)
+    venv = train.make_env(cfg, num_envs=1 if cfg.algo == "impala" else None)
+    policy = train.make_policy(cfg, venv, device)
+    marks: list[tuple[float, int]] = []
+    learner = impala.train if cfg.algo == "impala" else ppo.train
+    with tempfile.TemporaryDirectory() as logdir:
+        run_dir = make_run_dir(logdir, cfg.env, cfg.core, cfg.seed)
+        t0 = time.perf_counter()
+        try:
+            summary = learner(cfg, venv, policy, run_dir, device,
+                              on_progress=lambda p: marks.append((time.perf_counter(), p["step"])))
+        finally:
+            venv.close()
+        wall = time.perf_counter() - t0
+    (t_first, s_first), (t_last, s_last) = marks[0], marks[-1]
+    return {
+        "algo": cfg.algo, "status": summary["status"], "steps": summary["total_steps"],
+        "updates": summary["updates"], "wall_s": round(wall, 2),
+        "sps_end_to_end": round(summary["total_steps"] / wall, 1),
+        "sps_steady": round((s_last - s_first) / (t_last - t_first), 1) if t_last > t_first else None,
+        "steps_per_update": cfg.batch_size, "perf_s": summary.get("perf_s"),
+        "policy_lag_mean": summary.get("policy_lag_mean"), "train_return": summary["train_return"],
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=["minigrid", "tmaze"])
+    parser.add_argument("--core", default="urlstm")
+    parser.add_argument("--steps-minigrid", type=int, default=100_000)
+    parser.add_argument("--steps-tmaze", type=int, default=300_000)
+    parser.add_argument("--num-actors", type=int, default=2)
+    parser.add_argument("--learner-batch", type=int, default=1)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", default=None, help="also write the JSON here")
+    args = parser.parse_args(argv)
+
+    result = {"core": args.core, "torch": torch.__version__, "python": platform.python_version(),
+              "cpus": os.cpu_count(), "cuda": torch.cuda.is_available(), "tasks": {}}
+    load_before = os.getloadavg()
+    for task in args.tasks:
+        spec = TASKS[task]
+        steps = args.steps_minigrid if task == "minigrid" else args.steps_tmaze
+        common = dict(env=spec["env"], env_kwargs=spec["env_kwargs"], core=args.core, num_envs=spec["num_envs"],
+                      total_steps=steps, eval_episodes=0, progress=False, save_every=10**9,
+                      device=args.device, anneal_lr=False)
+        runs = {}
+        runs["ppo"] = measure(TrainConfig(**common, algo="ppo", num_steps=spec["num_steps"], seq_len=spec["seq_len"]))
+        runs["impala"] = measure(TrainConfig(**common, algo="impala", num_actors=args.num_actors,
+                                             unroll_length=spec["unroll_length"],
+                                             learner_batch=args.learner_batch))
+        runs["impala_over_ppo_steady"] = (round(runs["impala"]["sps_steady"] / runs["ppo"]["sps_steady"], 2)
+                                          if runs["ppo"]["sps_steady"] and runs["impala"]["sps_steady"] else None)
+        result["tasks"][task] = {"env": spec["env"], "env_kwargs": spec["env_kwargs"],
+                                 "num_envs": spec["num_envs"], **runs}
+        print(json.dumps({task: result["tasks"][task]}), file=sys.stderr, flush=True)
+    result["loadavg_before"] = [round(x, 2) for x in load_before]
+    result["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    print(json.dumps(result, indent=2))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()
