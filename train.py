@@ -234,7 +234,7 @@ def run_train(argv: Sequence[str], stop=None) -> tuple[int, dict | None]:
     finally:
         venv.close()
     print(report(summary))
-    return (1 if summary["status"].startswith("diverged") else 0), summary
+    return (1 if summary["status"].startswith(("diverged", "failed")) else 0), summary
 
 
 def report(s: dict) -> str:
