@@ -73,6 +73,12 @@ class TrainConfig:
     """Clip the value loss around the rollout's values."""
     ent_coef: float = 0.01
     """Entropy bonus coefficient."""
+    uniform_kl_coef: float = 0.0
+    """Coefficient of KL(uniform || policy) in the loss, a log-barrier on every action's probability
+    (discrete actions). Unlike the entropy bonus its pull does not fade as an action becomes unlikely,
+    so states that are reached only once the rest of the policy is nearly deterministic (the T-maze
+    junction) still get explored; it keeps each action's probability near coef^2 / num_actions
+    where advantages oppose it. 0: plain PPO."""
     vf_coef: float = 0.5
     """Value loss coefficient."""
     max_grad_norm: float = 0.5
@@ -155,6 +161,7 @@ class TrainConfig:
         need(0.0 <= self.gae_lambda <= 1.0, f"--gae-lambda must be in [0, 1], got {self.gae_lambda}")
         need(self.clip_coef > 0, f"--clip-coef must be positive, got {self.clip_coef}")
         need(self.ent_coef >= 0, f"--ent-coef must be >= 0, got {self.ent_coef}")
+        need(self.uniform_kl_coef >= 0, f"--uniform-kl-coef must be >= 0, got {self.uniform_kl_coef}")
         need(self.vf_coef > 0, f"--vf-coef must be positive, got {self.vf_coef}")
         need(self.max_grad_norm > 0, f"--max-grad-norm must be positive, got {self.max_grad_norm}")
         need(self.target_kl is None or self.target_kl > 0,

@@ -243,7 +243,8 @@ def update(policy: ActorCritic, optimizer: torch.optim.Optimizer, ro: Rollout,
     mb_size = num_seq // cfg.num_minibatches
     params = [p for p in policy.parameters() if p.requires_grad]
     sums = {k: torch.zeros((), device=reset.device) for k in
-            ("policy_loss", "value_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac")}
+            ("policy_loss", "value_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac",
+             "uniform_kl")}
     count = 0
     for _epoch in range(cfg.update_epochs):
         perm = torch.randperm(num_seq, device=reset.device)
@@ -253,7 +254,7 @@ def update(policy: ActorCritic, optimizer: torch.optim.Optimizer, ro: Rollout,
             else:
                 idx = perm[start:start + mb_size]
                 sel = lambda x, idx=idx: x[:, idx]  # noqa: E731
-            logp, entropy, value = policy.evaluate(
+            logp, entropy, value, uniform_kl = policy.evaluate(
                 tree_map(sel, obs), tuple(s[:, idx] for s in states0) if cfg.num_minibatches > 1 else states0,
                 sel(reset), sel(actions), sel(prev_a), sel(prev_r))
             mb_adv, mb_ret, mb_v = sel(adv_all), sel(ret_all), sel(old_v)
@@ -272,8 +273,8 @@ def update(policy: ActorCritic, optimizer: torch.optim.Optimizer, ro: Rollout,
                 v_loss = 0.5 * torch.max((value - mb_ret) ** 2, (v_clipped - mb_ret) ** 2).mean()
             else:
                 v_loss = 0.5 * ((value - mb_ret) ** 2).mean()
-            ent = entropy.mean()
-            loss = pg_loss - cfg.ent_coef * ent + cfg.vf_coef * v_loss
+            ent, kl_u = entropy.mean(), uniform_kl.mean()
+            loss = pg_loss - cfg.ent_coef * ent + cfg.vf_coef * v_loss + cfg.uniform_kl_coef * kl_u
 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -285,7 +286,7 @@ def update(policy: ActorCritic, optimizer: torch.optim.Optimizer, ro: Rollout,
             optimizer.step()
             for k, v in (("policy_loss", pg_loss), ("value_loss", v_loss), ("entropy", ent),
                          ("approx_kl", approx_kl), ("old_approx_kl", old_approx_kl),
-                         ("clipfrac", clipfrac)):
+                         ("clipfrac", clipfrac), ("uniform_kl", kl_u)):
                 sums[k] += v.detach()
             count += 1
         if cfg.target_kl is not None and approx_kl.item() > cfg.target_kl:
@@ -385,6 +386,8 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
 
     start = time.perf_counter()
     start_step = global_step
+    totals = {"env": 0.0, "inference": 0.0, "learn": 0.0}  # seconds in this process
+    seen = dict.fromkeys(totals, 0.0)
     status = "finished"
     bar = tqdm(total=cfg.num_updates * cfg.batch_size, initial=global_step, unit="step", unit_scale=True,
                dynamic_ncols=True, disable=not cfg.progress, desc="train", smoothing=0.1)
@@ -418,10 +421,14 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
                 best_success = recent_success if best_success is None else max(best_success, recent_success)
             elapsed = time.perf_counter() - start
             sps = (global_step - start_step) / max(elapsed, 1e-9)
+            for k in totals:
+                totals[k] += getattr(timers, k) - seen[k]
+                seen[k] = getattr(timers, k)
             if update_idx % cfg.log_every == 0 or update_idx == cfg.num_updates:
                 _log(logger, policy, global_step, update_idx, cfg, episodes, losses, timers, sps,
                      optimizer.param_groups[0]["lr"])
                 timers.reset()
+                seen = dict.fromkeys(seen, 0.0)
             progress = {"step": global_step, "update": update_idx, "sps": sps, "return": recent_return,
                         "success": recent_success}
             bar.update(cfg.batch_size)
@@ -457,6 +464,7 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
         "final_eval_episodes": final_eval["episodes"] if final_eval else 0,
         "train_success_rate": recent_success, "train_return": recent_return,
         "best_success_rate": best_success, "checkpoint": checkpoint_path, "run_dir": run_dir,
+        "perf_s": {k: round(v, 3) for k, v in totals.items()},
     }
     logger.write_json("summary.json", summary)
     logger.close()

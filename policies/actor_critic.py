@@ -240,18 +240,25 @@ class ActionHead(nn.Module):
         action = actions[0] if self.kind == "categorical" else torch.stack(actions, -1)
         return action, logprob
 
-    def logprob_entropy(self, h: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """h [N, H], action [N, *action_shape] -> (logprob [N], entropy [N])."""
+    def logprob_entropy(self, h: torch.Tensor, action: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """h [N, H], action [N, *action_shape] -> (logprob [N], entropy [N], uniform_kl [N]).
+
+        ``uniform_kl`` is KL(uniform || pi) summed over the discrete components,
+        ``-mean_a log pi(a) - log n`` (0 for Box actions): unlike the entropy its gradient does not
+        vanish as an action's probability goes to 0, so as a penalty it keeps every action in play.
+        """
         out = self.linear(h)
         if self.kind == "gaussian":
             entropy = (self.log_std + 0.5 * math.log(2 * math.pi * math.e)).sum().expand(h.shape[0])
-            return self._normal_logprob(out, action), entropy
+            return self._normal_logprob(out, action), entropy, torch.zeros_like(entropy)
         cols = [action] if self.kind == "categorical" else action.unbind(-1)
-        logprob, entropy = 0.0, 0.0
+        logprob, entropy, kl = 0.0, 0.0, 0.0
         for logp, a in zip(self._split(out), cols):
             logprob = logprob + logp.gather(-1, a.unsqueeze(-1)).squeeze(-1)
             entropy = entropy - (logp.exp() * logp).sum(-1)
-        return logprob, entropy
+            kl = kl - logp.mean(-1) - math.log(logp.shape[-1])
+        return logprob, entropy, kl
 
     def _normal_logprob(self, mean: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         var = (2 * self.log_std).exp()
@@ -268,6 +275,13 @@ class ActOutput(NamedTuple):
     logprob: torch.Tensor   # [B]
     value: torch.Tensor     # [B]
     state: State            # the core's state after consuming the observation
+
+
+class Evaluation(NamedTuple):
+    logprob: torch.Tensor     # [T, B]
+    entropy: torch.Tensor     # [T, B]
+    value: torch.Tensor       # [T, B]
+    uniform_kl: torch.Tensor  # [T, B] KL(uniform || pi), 0 for Box actions
 
 
 class ActorCritic(nn.Module):
@@ -357,7 +371,7 @@ class ActorCritic(nn.Module):
     # -- training -----------------------------------------------------------------------------
     def evaluate(self, obs: Obs, state0: State, reset: torch.Tensor, actions: torch.Tensor,
                  prev_action: torch.Tensor | None = None, prev_reward: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 ) -> Evaluation:
         """Re-run training sequences from their stored start states.
 
         Args:
@@ -368,12 +382,12 @@ class ActorCritic(nn.Module):
             prev_action: [T, B, *action_shape]; prev_reward: [T, B].
 
         Returns:
-            (logprob [T, B], entropy [T, B], value [T, B]).
+            Evaluation(logprob, entropy, value, uniform_kl), each [T, B].
         """
         lead = tuple(reset.shape)
         x = self._inputs(obs, reset, prev_action, prev_reward, lead)   # [T, B, E]
         y, _ = self.core(x, state0, reset)                              # [T, B, H]
         flat = y.reshape(-1, y.shape[-1])
-        logprob, entropy = self.head.logprob_entropy(flat, actions.reshape(-1, *actions.shape[2:]))
+        logprob, entropy, kl = self.head.logprob_entropy(flat, actions.reshape(-1, *actions.shape[2:]))
         value = self.value_head(flat).squeeze(-1)
-        return logprob.reshape(lead), entropy.reshape(lead), value.reshape(lead)
+        return Evaluation(logprob.reshape(lead), entropy.reshape(lead), value.reshape(lead), kl.reshape(lead))

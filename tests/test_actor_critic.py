@@ -72,7 +72,7 @@ def test_action_head_logprob_and_entropy(space):
     h = torch.randn(7, 8)
     action, logprob = head.sample(h)
     assert action.shape == (7, *head.action_shape()) and action.dtype == head.action_dtype()
-    lp, ent = head.logprob_entropy(h, action)
+    lp, ent, kl = head.logprob_entropy(h, action)
     torch.testing.assert_close(lp, logprob)
     out = head.linear(h)
     if head.kind == "gaussian":
@@ -87,6 +87,11 @@ def test_action_head_logprob_and_entropy(space):
             ref_lp, ref_ent = ref_lp + d.log_prob(a), ref_ent + d.entropy()
         torch.testing.assert_close(lp, ref_lp)
         torch.testing.assert_close(ent, ref_ent)
+        # KL(uniform || pi) summed over components
+        ref_kl = sum(torch.distributions.kl_divergence(
+            torch.distributions.Categorical(logits=torch.zeros_like(logits)),
+            torch.distributions.Categorical(logits=logits)) for logits in out.split(head.nvec, -1))
+        torch.testing.assert_close(kl, ref_kl)
     greedy, _ = head.sample(h, greedy=True)
     if head.kind == "categorical":
         assert torch.equal(greedy, out.argmax(-1))
@@ -115,13 +120,13 @@ def test_act_steps_equal_evaluate_sequence(core, obs_name):
     actions = torch.randint(0, 4, (T, B))
     prev_action = torch.cat([torch.randint(0, 4, (1, B)), actions[:-1]])
     prev_reward = torch.randn(T, B, dtype=torch.float64)
-    logp_seq, ent_seq, v_seq = policy.evaluate(obs, state0, reset, actions, prev_action, prev_reward)
+    logp_seq, ent_seq, v_seq, _ = policy.evaluate(obs, state0, reset, actions, prev_action, prev_reward)
     state = state0
     for t in range(T):
         o = tree_map(lambda x: x[t], obs)
         x = policy._inputs(o, reset[t], prev_action[t], prev_reward[t], (B,))
         y, state = policy.core.step(x, state, reset[t])
-        lp, ent = policy.head.logprob_entropy(y, actions[t])
+        lp, ent, _ = policy.head.logprob_entropy(y, actions[t])
         v = policy.value_head(y).squeeze(-1)
         torch.testing.assert_close(lp, logp_seq[t])
         torch.testing.assert_close(v, v_seq[t])
@@ -168,7 +173,7 @@ def test_box_and_multidiscrete_actions_through_act_and_evaluate():
         assert out.action.shape == (3, 2) and out.logprob.shape == (3,) and out.value.shape == (3,)
         T = 4
         acts = out.action.unsqueeze(0).expand(T, 3, 2).contiguous()
-        lp, ent, v = policy.evaluate(torch.randn(T, 3, 5), policy.initial_state(3, "cpu"),
+        lp, ent, v, kl = policy.evaluate(torch.randn(T, 3, 5), policy.initial_state(3, "cpu"),
                                      torch.zeros(T, 3, dtype=torch.bool), acts, acts, torch.zeros(T, 3))
         assert lp.shape == ent.shape == v.shape == (T, 3)
         assert math.isfinite(float(lp.detach().sum()))

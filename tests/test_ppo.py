@@ -151,10 +151,10 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, ca
 
     def poisoned(self, *args, **kwargs):
         calls["n"] += 1
-        logp, ent, value = evaluate(self, *args, **kwargs)
+        out = evaluate(self, *args, **kwargs)
         if calls["n"] > 4:  # 2 epochs x 2 minibatches = the first update is clean
-            value = value * float("nan")
-        return logp, ent, value
+            out = out._replace(value=out.value * float("nan"))
+        return out
 
     monkeypatch.setattr(ppo.ActorCritic, "evaluate", poisoned)
     code, s = run(tmp_path, "--total-steps", "96", "--save-every", "1")
