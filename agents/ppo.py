@@ -256,7 +256,7 @@ def update(policy: ActorCritic, optimizer: torch.optim.Optimizer, ro: Rollout,
                 sel = lambda x, idx=idx: x[:, idx]  # noqa: E731
             logp, entropy, value, uniform_kl = policy.evaluate(
                 tree_map(sel, obs), tuple(s[:, idx] for s in states0) if cfg.num_minibatches > 1 else states0,
-                sel(reset), sel(actions), sel(prev_a), sel(prev_r))
+                sel(reset), sel(actions), sel(prev_a), sel(prev_r), with_uniform_kl=True)
             mb_adv, mb_ret, mb_v = sel(adv_all), sel(ret_all), sel(old_v)
             logratio = logp - sel(old_logp)
             ratio = logratio.exp()

@@ -370,8 +370,8 @@ class ActorCritic(nn.Module):
 
     # -- training -----------------------------------------------------------------------------
     def evaluate(self, obs: Obs, state0: State, reset: torch.Tensor, actions: torch.Tensor,
-                 prev_action: torch.Tensor | None = None, prev_reward: torch.Tensor | None = None
-                 ) -> Evaluation:
+                 prev_action: torch.Tensor | None = None, prev_reward: torch.Tensor | None = None,
+                 with_uniform_kl: bool = False):
         """Re-run training sequences from their stored start states.
 
         Args:
@@ -380,9 +380,11 @@ class ActorCritic(nn.Module):
             reset: [T, B] bool episode starts (the core applies them inside the sequence).
             actions: [T, B, *action_shape] actions taken.
             prev_action: [T, B, *action_shape]; prev_reward: [T, B].
+            with_uniform_kl: also return KL(uniform || pi) (see ``ActionHead.logprob_entropy``).
 
         Returns:
-            Evaluation(logprob, entropy, value, uniform_kl), each [T, B].
+            (logprob, entropy, value), each [T, B]; with ``with_uniform_kl`` an
+            ``Evaluation(logprob, entropy, value, uniform_kl)``.
         """
         lead = tuple(reset.shape)
         x = self._inputs(obs, reset, prev_action, prev_reward, lead)   # [T, B, E]
@@ -390,4 +392,5 @@ class ActorCritic(nn.Module):
         flat = y.reshape(-1, y.shape[-1])
         logprob, entropy, kl = self.head.logprob_entropy(flat, actions.reshape(-1, *actions.shape[2:]))
         value = self.value_head(flat).squeeze(-1)
-        return Evaluation(logprob.reshape(lead), entropy.reshape(lead), value.reshape(lead), kl.reshape(lead))
+        out = Evaluation(logprob.reshape(lead), entropy.reshape(lead), value.reshape(lead), kl.reshape(lead))
+        return out if with_uniform_kl else out[:3]

@@ -120,7 +120,7 @@ def test_act_steps_equal_evaluate_sequence(core, obs_name):
     actions = torch.randint(0, 4, (T, B))
     prev_action = torch.cat([torch.randint(0, 4, (1, B)), actions[:-1]])
     prev_reward = torch.randn(T, B, dtype=torch.float64)
-    logp_seq, ent_seq, v_seq, _ = policy.evaluate(obs, state0, reset, actions, prev_action, prev_reward)
+    logp_seq, ent_seq, v_seq = policy.evaluate(obs, state0, reset, actions, prev_action, prev_reward)
     state = state0
     for t in range(T):
         o = tree_map(lambda x: x[t], obs)
@@ -174,6 +174,9 @@ def test_box_and_multidiscrete_actions_through_act_and_evaluate():
         T = 4
         acts = out.action.unsqueeze(0).expand(T, 3, 2).contiguous()
         lp, ent, v, kl = policy.evaluate(torch.randn(T, 3, 5), policy.initial_state(3, "cpu"),
-                                     torch.zeros(T, 3, dtype=torch.bool), acts, acts, torch.zeros(T, 3))
+                                         torch.zeros(T, 3, dtype=torch.bool), acts, acts, torch.zeros(T, 3),
+                                         with_uniform_kl=True)
+        if isinstance(act_space, spaces.Box):
+            assert torch.all(kl == 0)
         assert lp.shape == ent.shape == v.shape == (T, 3)
         assert math.isfinite(float(lp.detach().sum()))
