@@ -157,7 +157,8 @@ def _style(core: str, index: int):
         x, y = core[5], core[6]
         colors = {"-": "tab:gray", "C": "tab:green", "O": "tab:purple", "U": "tab:red"}
         return colors[x], {"-": ":", "M": "--", "R": "-"}[y]
-    return plt.get_cmap("tab10")((index + 3) % 10), "-."
+    fixed = {"lstm": "black", "gru": "tab:blue", "urgru": "tab:orange", "mlp": "tab:brown"}
+    return fixed.get(core, plt.get_cmap("tab10")(index % 10)), "-."
 
 
 def _plot(order: dict[str, list[dict]], curves: dict[str, list[dict]], file: str, title: str,
