@@ -19,13 +19,14 @@ from . import kernels
 from .base import CoreMixin, State, check_size
 
 
-def gru_reference_scan(xz: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor, b_f: Tensor, keep: Tensor | None,
-                       primary: str, aux: str):
-    """Autograd loop of the equations. xz [T, B, nb*H] = W_ih x + b_ih, h [B, H], b_f [H].
+def gru_reference_scan(x: Tensor, w_ih: Tensor, b_ih: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor, b_f: Tensor,
+                       keep: Tensor | None, primary: str, aux: str):
+    """Autograd loop of the equations for one layer. x [T, B, D], h [B, H], keep [T, B, 1] or None.
 
     Returns y [T, B, H], h [B, H] and the effective gates g [T, B, H] (detached).
     """
     H = h.shape[-1]
+    xz = F.linear(x, w_ih, b_ih)  # [T, B, nb*H]
     ys, gs = [], []
     keeps = keep.unbind(0) if keep is not None else None
     for t, xz_t in enumerate(xz.unbind(0)):
@@ -103,14 +104,14 @@ class GRUScan(torch.autograd.Function):
             if keep is not None:
                 dh = dh * keep[t]
         dW = dHZ.reshape(-1, NH).t() @ hprev.reshape(-1, H)
-        return dX, dh, dW, dHZ.sum((0, 1)), G.forget_bias_grad(dX, H, aux, 1, 3), None, None, None
+        return dX, dh, dW, dHZ.sum((0, 1)), G.forget_bias_grad(dX.sum((0, 1)), H, aux, 1, 3), None, None, None
 
 
-def gru_fast_scan(xz, h0, w_hh, b_hh, b_f, keep, primary: str, aux: str):
+def gru_fast_scan(x, w_ih, b_ih, h0, w_hh, b_hh, b_f, keep, primary: str, aux: str):
     """The fast scan: the compiled loop on CPU when it built, else GRUScan. Same signature as the reference."""
-    if xz.device.type == "cpu" and kernels.extension():
-        return kernels.CppGRUScan.apply(xz, h0, w_hh, b_hh, b_f, keep, primary, aux)
-    return GRUScan.apply(xz, h0, w_hh, b_hh, b_f, keep, primary, aux)
+    if x.device.type == "cpu" and kernels.extension():
+        return kernels.CppGRUScan.apply(x, w_ih, b_ih, h0, w_hh, b_hh, b_f, keep, primary, aux)
+    return GRUScan.apply(F.linear(x, w_ih, b_ih), h0, w_hh, b_hh, b_f, keep, primary, aux)
 
 
 class GatedGRU(CoreMixin, nn.Module):
@@ -166,9 +167,9 @@ class GatedGRU(CoreMixin, nn.Module):
         hs, gs = [], []
         inp = x
         for k in range(self.num_layers):
-            xz = F.linear(inp, getattr(self, f"weight_ih_l{k}"), getattr(self, f"bias_ih_l{k}"))  # [T, B, nb*H]
             scan = gru_reference_scan if self.impl == "reference" else gru_fast_scan
-            inp, h, g = scan(xz, h0[k], getattr(self, f"weight_hh_l{k}"), getattr(self, f"bias_hh_l{k}"),
+            inp, h, g = scan(inp, getattr(self, f"weight_ih_l{k}"), getattr(self, f"bias_ih_l{k}"), h0[k],
+                             getattr(self, f"weight_hh_l{k}"), getattr(self, f"bias_hh_l{k}"),
                              getattr(self, f"forget_bias_l{k}"), keep, self.primary, self.aux)
             hs.append(h)
             gs.append(g.flatten())

@@ -6,8 +6,8 @@ Per layer k: ``weight_ih_l{k}`` [nb*H, in], ``weight_hh_l{k}`` [nb*H, H], ``bias
     p = act_X(z_p + b_f);  a = sigmoid(z_a - b_f) (R) or sigmoid(z_a) (M);  g = effective_gate(p, a)
     c_t = g * c_{t-1} + (1 - g) * tanh(z_u);  h_t = sigmoid(z_o) * tanh(c_t)
 
-The input projection ``W_ih x + bias`` is computed once for the whole sequence; the scan adds
-``W_hh h`` and b_f per step. ``impl="fast"`` scans with a hand-written backward (the compiled loop
+The input projection ``W_ih x + bias`` is one GEMM for the whole sequence; the scan adds ``W_hh h``
+and b_f per step. ``impl="fast"`` scans with a hand-written backward (the compiled loop
 when it built, else Python); ``impl="reference"`` is the plain autograd loop of the equations.
 """
 
@@ -22,13 +22,14 @@ from . import kernels
 from .base import CoreMixin, State, check_size
 
 
-def lstm_reference_scan(xz: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, b_f: Tensor, keep: Tensor | None,
-                        primary: str, aux: str):
-    """Autograd loop of the equations. xz [T, B, nb*H] = W_ih x + bias, h, c [B, H], b_f [H].
+def lstm_reference_scan(x: Tensor, w_ih: Tensor, bias: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, b_f: Tensor,
+                        keep: Tensor | None, primary: str, aux: str):
+    """Autograd loop of the equations for one layer. x [T, B, D], h, c [B, H], keep [T, B, 1] or None.
 
     Returns y [T, B, H], h, c [B, H] and the effective gates g [T, B, H] (detached).
     """
     H = h.shape[-1]
+    xz = F.linear(x, w_ih, bias)  # [T, B, nb*H]
     ys, gs = [], []
     keeps = keep.unbind(0) if keep is not None else None
     for t, xz_t in enumerate(xz.unbind(0)):
@@ -108,14 +109,14 @@ class LSTMScan(torch.autograd.Function):
             if keep is not None:
                 dh, dc = dh * keep[t], dc * keep[t]
         dW = dZ.reshape(-1, NH).t() @ hprev.reshape(-1, H)
-        return dZ, dh, dc, dW, G.forget_bias_grad(dZ, H, aux, 0, 1), None, None, None
+        return dZ, dh, dc, dW, G.forget_bias_grad(dZ.sum((0, 1)), H, aux, 0, 1), None, None, None
 
 
-def lstm_fast_scan(xz, h0, c0, w_hh, b_f, keep, primary: str, aux: str):
+def lstm_fast_scan(x, w_ih, bias, h0, c0, w_hh, b_f, keep, primary: str, aux: str):
     """The fast scan: the compiled loop on CPU when it built, else LSTMScan. Same signature as the reference."""
-    if xz.device.type == "cpu" and kernels.extension():
-        return kernels.CppLSTMScan.apply(xz, h0, c0, w_hh, b_f, keep, primary, aux)
-    return LSTMScan.apply(xz, h0, c0, w_hh, b_f, keep, primary, aux)
+    if x.device.type == "cpu" and kernels.extension():
+        return kernels.CppLSTMScan.apply(x, w_ih, bias, h0, c0, w_hh, b_f, keep, primary, aux)
+    return LSTMScan.apply(F.linear(x, w_ih, bias), h0, c0, w_hh, b_f, keep, primary, aux)
 
 
 class GatedLSTM(CoreMixin, nn.Module):
@@ -173,10 +174,10 @@ class GatedLSTM(CoreMixin, nn.Module):
         hs, cs, gs = [], [], []
         inp = x
         for k in range(self.num_layers):
-            xz = F.linear(inp, getattr(self, f"weight_ih_l{k}"), getattr(self, f"bias_l{k}"))  # [T, B, nb*H]
             scan = lstm_reference_scan if self.impl == "reference" else lstm_fast_scan
-            inp, h, c, g = scan(xz, h0[k], c0[k], getattr(self, f"weight_hh_l{k}"), getattr(self, f"forget_bias_l{k}"),
-                                keep, self.primary, self.aux)
+            inp, h, c, g = scan(inp, getattr(self, f"weight_ih_l{k}"), getattr(self, f"bias_l{k}"), h0[k], c0[k],
+                                getattr(self, f"weight_hh_l{k}"), getattr(self, f"forget_bias_l{k}"), keep,
+                                self.primary, self.aux)
             hs.append(h)
             cs.append(c)
             gs.append(g.flatten())

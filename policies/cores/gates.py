@@ -113,9 +113,8 @@ def fold_forget_bias(z: Tensor, b_f: Tensor, aux: str, p_block: int, a_block: in
     return z
 
 
-def forget_bias_grad(dz: Tensor, H: int, aux: str, p_block: int, a_block: int) -> Tensor:
-    """dL/db_f from the pre-activation gradients dz [T, B, nb*H] (the adjoint of fold_forget_bias)."""
-    g = dz[..., p_block * H:(p_block + 1) * H].sum((0, 1))
-    if aux == "R":
-        g = g - dz[..., a_block * H:(a_block + 1) * H].sum((0, 1))
-    return g
+def forget_bias_grad(dbias: Tensor, H: int, aux: str, p_block: int, a_block: int) -> Tensor:
+    """dL/db_f from the pre-activation gradients summed over time and batch, dbias [nb*H] (the
+    adjoint of fold_forget_bias: + on the primary block, - on a refine gate's block)."""
+    g = dbias[p_block * H:(p_block + 1) * H]
+    return g - dbias[a_block * H:(a_block + 1) * H] if aux == "R" else g.clone()

@@ -58,40 +58,46 @@ def _keep2d(keep):
 
 
 class CppLSTMScan(torch.autograd.Function):
-    """LSTMScan with its loops in C++ (same inputs and outputs)."""
+    """One layer of ``lstm:XY`` in C++, input projection included: (x, w_ih, bias, h0, c0, w_hh, b_f,
+    keep, primary, aux) -> (y, h, c, g), as ``lstm_reference_scan`` given the same parameters."""
 
     @staticmethod
-    def forward(ctx, xz, h0, c0, w_hh, b_f, keep, primary, aux):
+    def forward(ctx, x, w_ih, bias, h0, c0, w_hh, b_f, keep, primary, aux):
         keep = _keep2d(keep)
         codes = (PRIMARY_CODE[primary], AUX_CODE[aux])
-        ys, hT, cT, G, S, C, Hp, Cp = torch.ops.urlstm_scan.lstm_fwd(xz, h0, c0, w_hh, b_f, keep, *codes)
-        ctx.save_for_backward(S, G, C, Hp, Cp, w_hh, keep)
+        ys, hT, cT, G, S, C, Hp, Cp = torch.ops.urlstm_scan.lstm_fwd(x, w_ih, bias, h0, c0, w_hh, b_f, keep, *codes)
+        ctx.save_for_backward(S, G, C, Hp, Cp, x, w_ih, w_hh, keep)
         ctx.codes, ctx.aux = codes, aux
         ctx.mark_non_differentiable(G)
         return ys, hT, cT, G
 
     @staticmethod
     def backward(ctx, dy, dhT, dcT, _dG):
-        S, G, C, Hp, Cp, w_hh, keep = ctx.saved_tensors
-        dZ, dh0, dc0, dW = torch.ops.urlstm_scan.lstm_bwd(dy, dhT, dcT, S, G, C, Hp, Cp, w_hh, keep, *ctx.codes)
-        return dZ, dh0, dc0, dW, forget_bias_grad(dZ, G.shape[-1], ctx.aux, 0, 1), None, None, None
+        S, G, C, Hp, Cp, x, w_ih, w_hh, keep = ctx.saved_tensors
+        dx, dw_ih, dbias, dh0, dc0, dw_hh = torch.ops.urlstm_scan.lstm_bwd(
+            dy, dhT, dcT, S, G, C, Hp, Cp, x, w_ih, w_hh, keep, *ctx.codes, ctx.needs_input_grad[0])
+        db_f = forget_bias_grad(dbias, G.shape[-1], ctx.aux, 0, 1)
+        return (dx if ctx.needs_input_grad[0] else None), dw_ih, dbias, dh0, dc0, dw_hh, db_f, None, None, None
 
 
 class CppGRUScan(torch.autograd.Function):
-    """GRUScan with its loops in C++ (same inputs and outputs)."""
+    """One layer of ``gru:XY`` in C++, input projection included: (x, w_ih, b_ih, h0, w_hh, b_hh, b_f,
+    keep, primary, aux) -> (y, h, g), as ``gru_reference_scan`` given the same parameters."""
 
     @staticmethod
-    def forward(ctx, xz, h0, w_hh, b_hh, b_f, keep, primary, aux):
+    def forward(ctx, x, w_ih, b_ih, h0, w_hh, b_hh, b_f, keep, primary, aux):
         keep = _keep2d(keep)
         codes = (PRIMARY_CODE[primary], AUX_CODE[aux])
-        ys, hT, G, S, HN, Hp = torch.ops.urlstm_scan.gru_fwd(xz, h0, w_hh, b_hh, b_f, keep, *codes)
-        ctx.save_for_backward(S, HN, G, Hp, w_hh, keep)
+        ys, hT, G, S, HN, Hp = torch.ops.urlstm_scan.gru_fwd(x, w_ih, b_ih, h0, w_hh, b_hh, b_f, keep, *codes)
+        ctx.save_for_backward(S, HN, G, Hp, x, w_ih, w_hh, keep)
         ctx.codes, ctx.aux = codes, aux
         ctx.mark_non_differentiable(G)
         return ys, hT, G
 
     @staticmethod
     def backward(ctx, dy, dhT, _dG):
-        S, HN, G, Hp, w_hh, keep = ctx.saved_tensors
-        dX, dh0, dW, db = torch.ops.urlstm_scan.gru_bwd(dy, dhT, S, HN, G, Hp, w_hh, keep, *ctx.codes)
-        return dX, dh0, dW, db, forget_bias_grad(dX, G.shape[-1], ctx.aux, 1, 3), None, None, None
+        S, HN, G, Hp, x, w_ih, w_hh, keep = ctx.saved_tensors
+        dx, dw_ih, db_ih, dh0, dw_hh, db_hh = torch.ops.urlstm_scan.gru_bwd(
+            dy, dhT, S, HN, G, Hp, x, w_ih, w_hh, keep, *ctx.codes, ctx.needs_input_grad[0])
+        db_f = forget_bias_grad(db_ih, G.shape[-1], ctx.aux, 1, 3)
+        return (dx if ctx.needs_input_grad[0] else None), dw_ih, db_ih, dh0, dw_hh, db_hh, db_f, None, None, None
