@@ -417,7 +417,8 @@ def update(policy: ActorCritic, optimizer: torch.optim.Optimizer, b: Batch,
     """One V-trace actor-critic step on a batch of unrolls; returns loss statistics (tensors)."""
     T = b.rewards.shape[0]
     actions = torch.cat([b.actions, b.actions[-1:]], 0)   # [T+1, N, ...]: the last row is not scored
-    logp, entropy, value = policy.evaluate(b.obs, b.state, b.reset, actions, b.prev_action, b.prev_reward)
+    logp, entropy, value, uniform_kl = policy.evaluate(b.obs, b.state, b.reset, actions, b.prev_action,
+                                                       b.prev_reward, with_uniform_kl=True)
     logp, entropy, values = logp[:T], entropy[:T], value[:T]                # [T, N]
     vs, pg_adv = vtrace(b.logprobs, logp.detach(), b.rewards, values.detach(), b.terminated, b.truncated,
                         value[T].detach(), b.final_values, cfg.gamma, cfg.vtrace_rho_bar, cfg.vtrace_c_bar)
@@ -425,8 +426,9 @@ def update(policy: ActorCritic, optimizer: torch.optim.Optimizer, b: Batch,
         pg_adv = (pg_adv - pg_adv.mean()) / (pg_adv.std() + 1e-8)
     pg_loss = -(pg_adv * logp).mean()
     v_loss = 0.5 * ((vs - values) ** 2).mean()
-    ent = entropy.mean()
-    loss = pg_loss - cfg.ent_coef * ent + cfg.vf_coef * v_loss
+    ent, kl_u = entropy.mean(), uniform_kl[:T].mean()
+    # the exploration floor PPO uses (--uniform-kl-coef): keeps the junction-type actions alive
+    loss = pg_loss - cfg.ent_coef * ent + cfg.vf_coef * v_loss + cfg.uniform_kl_coef * kl_u
 
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -441,6 +443,7 @@ def update(policy: ActorCritic, optimizer: torch.optim.Optimizer, b: Batch,
         var_y = vs.var()
         explained = torch.where(var_y > 0, 1 - (vs - values.detach()).var() / var_y, torch.nan)
         return {"policy_loss": pg_loss.detach(), "value_loss": v_loss.detach(), "entropy": ent.detach(),
+                "uniform_kl": kl_u.detach(),
                 "importance_ratio": log_rho.exp().mean(),
                 "rho_clipfrac": (log_rho > math.log(cfg.vtrace_rho_bar)).float().mean(),
                 "approx_kl": ((log_rho.exp() - 1) - log_rho).mean(), "explained_variance": explained}

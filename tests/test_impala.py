@@ -133,7 +133,7 @@ def test_update_changes_the_weights_and_reports_losses():
     before = [p.detach().clone() for p in policy.parameters()]
     opt = torch.optim.Adam(policy.parameters(), lr=1e-2)
     losses = impala.update(policy, opt, impala.take_batch(buf, [0], torch.device("cpu")), cfg)
-    assert {"policy_loss", "value_loss", "entropy", "importance_ratio", "rho_clipfrac"} <= set(losses)
+    assert {"policy_loss", "value_loss", "entropy", "uniform_kl", "importance_ratio", "rho_clipfrac"} <= set(losses)
     assert torch.isfinite(losses["value_loss"])
     assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters()))
 
