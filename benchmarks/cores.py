@@ -1,6 +1,6 @@
 """Speed of every memory core next to torch.nn.LSTM, measured alternately in one run; prints JSON.
 
-    python benchmarks/cores.py [--reps 15] [--threads 2] [--cores lstm,gru,urlstm,...]
+    python benchmarks/cores.py [--reps 15] [--threads 2] [--clock wall|cpu] [--cores lstm,gru,urlstm,...]
 
 For each size and core: median milliseconds per call of forward+backward (train) and forward under
 no_grad (infer), and their ratio to torch.nn.LSTM at the same size. Cores are timed round-robin
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -35,26 +36,26 @@ def build(name: str, D: int, H: int) -> nn.Module:
     return make_core(spec, D, H, impl=impl or "fast")
 
 
-def timer(module: nn.Module, x: torch.Tensor, train: bool):
+def timer(module: nn.Module, x: torch.Tensor, train: bool, clock=time.perf_counter):
     def call() -> float:
-        start = time.perf_counter()
+        start = clock()
         if train:
             y, _ = module(x)
             y.sum().backward()
         else:
             with torch.no_grad():
                 module(x)
-        return time.perf_counter() - start
+        return clock() - start
     return call
 
 
-def measure(size: tuple[int, int, int, int], names: list[str], reps: int) -> dict:
+def measure(size: tuple[int, int, int, int], names: list[str], reps: int, clock) -> dict:
     T, B, D, H = size
     torch.manual_seed(0)
     x = torch.randn(T, B, D)
     out = {}
     for train in (True, False):
-        calls = {n: timer(build(n, D, H), x.requires_grad_(train), train) for n in names}
+        calls = {n: timer(build(n, D, H), x.requires_grad_(train), train, clock) for n in names}
         for call in calls.values():  # warm-up (and first-use compilation) outside the timing
             call(), call()
         times: dict[str, list[float]] = {n: [] for n in names}
@@ -79,14 +80,20 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     ap.add_argument("--cores", default=DEFAULT_CORES, help="comma-separated specs; '@reference' selects the autograd loop")
     ap.add_argument("--sizes", default=",".join(SIZES), help=f"comma-separated subset of {list(SIZES)}")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall: elapsed time; cpu: this process's CPU time (steadier on a shared machine, "
+                         "meaningful with --threads 1)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     names = ["nn.LSTM"] + [c for c in args.cores.split(",") if c]
     result = {
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
                     "torch": torch.__version__, "compiled_loop": kernels.extension() is not None},
         "reps": args.reps,
-        "sizes": {s: measure(SIZES[s], names, args.reps) for s in args.sizes.split(",")},
+        "clock": args.clock,
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "sizes": {s: measure(SIZES[s], names, args.reps, clock) for s in args.sizes.split(",")},
     }
     print(json.dumps(result, indent=2))
 

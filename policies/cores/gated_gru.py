@@ -110,7 +110,7 @@ class GRUScan(torch.autograd.Function):
 def gru_fast_scan(x, w_ih, b_ih, h0, w_hh, b_hh, b_f, keep, primary: str, aux: str):
     """The fast scan: the compiled loop on CPU when it built, else GRUScan. Same signature as the reference."""
     if x.device.type == "cpu" and kernels.extension():
-        return kernels.CppGRUScan.apply(x, w_ih, b_ih, h0, w_hh, b_hh, b_f, keep, primary, aux)
+        return kernels.gru_scan(x, w_ih, b_ih, h0, w_hh, b_hh, b_f, keep, primary, aux)
     return GRUScan.apply(F.linear(x, w_ih, b_ih), h0, w_hh, b_hh, b_f, keep, primary, aux)
 
 

@@ -115,7 +115,7 @@ class LSTMScan(torch.autograd.Function):
 def lstm_fast_scan(x, w_ih, bias, h0, c0, w_hh, b_f, keep, primary: str, aux: str):
     """The fast scan: the compiled loop on CPU when it built, else LSTMScan. Same signature as the reference."""
     if x.device.type == "cpu" and kernels.extension():
-        return kernels.CppLSTMScan.apply(x, w_ih, bias, h0, c0, w_hh, b_f, keep, primary, aux)
+        return kernels.lstm_scan(x, w_ih, bias, h0, c0, w_hh, b_f, keep, primary, aux)
     return LSTMScan.apply(F.linear(x, w_ih, bias), h0, c0, w_hh, b_f, keep, primary, aux)
 
 

@@ -101,3 +101,25 @@ class CppGRUScan(torch.autograd.Function):
             dy, dhT, S, HN, G, Hp, x, w_ih, w_hh, keep, *ctx.codes, ctx.needs_input_grad[0])
         db_f = forget_bias_grad(db_ih, G.shape[-1], ctx.aux, 1, 3)
         return (dx if ctx.needs_input_grad[0] else None), dw_ih, db_ih, dh0, dw_hh, db_hh, db_f, None, None, None
+
+
+def _needs_graph(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def lstm_scan(x, w_ih, bias, h0, c0, w_hh, b_f, keep, primary: str, aux: str):
+    """CppLSTMScan, or the op alone when no gradient is needed (acting): same outputs."""
+    if _needs_graph(x, w_ih, bias, h0, c0, w_hh, b_f):
+        return CppLSTMScan.apply(x, w_ih, bias, h0, c0, w_hh, b_f, keep, primary, aux)
+    out = torch.ops.urlstm_scan.lstm_fwd(x, w_ih, bias, h0, c0, w_hh, b_f, _keep2d(keep),
+                                         PRIMARY_CODE[primary], AUX_CODE[aux])
+    return out[0], out[1], out[2], out[3]
+
+
+def gru_scan(x, w_ih, b_ih, h0, w_hh, b_hh, b_f, keep, primary: str, aux: str):
+    """CppGRUScan, or the op alone when no gradient is needed (acting): same outputs."""
+    if _needs_graph(x, w_ih, b_ih, h0, w_hh, b_hh, b_f):
+        return CppGRUScan.apply(x, w_ih, b_ih, h0, w_hh, b_hh, b_f, keep, primary, aux)
+    out = torch.ops.urlstm_scan.gru_fwd(x, w_ih, b_ih, h0, w_hh, b_hh, b_f, _keep2d(keep),
+                                        PRIMARY_CODE[primary], AUX_CODE[aux])
+    return out[0], out[1], out[2]

@@ -121,7 +121,7 @@ std::vector<Tensor> lstm_fwd_impl(const Tensor& xz, const Tensor& h0, const Tens
   auto opt = xz.options();
   Tensor ys = at::empty({Tn, B, H}, opt), S = at::empty({Tn, B, NH}, opt), G = at::empty({Tn, B, H}, opt);
   Tensor C = at::empty({Tn, B, H}, opt), Hp = at::empty({Tn, B, H}, opt), Cp = at::empty({Tn, B, H}, opt);
-  Tensor w_t = w_hh.t().contiguous();  // [H, NH]
+  Tensor w_t = w_hh.t();  // [H, NH] view: both GEMM libraries take the transposed layout as is
   const T *hlast = h0.data_ptr<T>(), *clast = c0.data_ptr<T>(), *bf = b_f.data_ptr<T>();
   for (int64_t t = 0; t < Tn; ++t) {
     T* hp = Hp[t].data_ptr<T>();
@@ -217,7 +217,7 @@ std::vector<Tensor> gru_fwd_impl(const Tensor& xz, const Tensor& h0, const Tenso
   auto opt = xz.options();
   Tensor ys = at::empty({Tn, B, H}, opt), S = at::empty({Tn, B, NH}, opt), G = at::empty({Tn, B, H}, opt);
   Tensor HN = at::empty({Tn, B, H}, opt), Hp = at::empty({Tn, B, H}, opt), hz = at::empty({B, NH}, opt);
-  Tensor w_t = w_hh.t().contiguous();  // [H, NH]
+  Tensor w_t = w_hh.t();  // [H, NH] view
   const T *hlast = h0.data_ptr<T>(), *bf = b_f.data_ptr<T>();
   for (int64_t t = 0; t < Tn; ++t) {
     T* hp = Hp[t].data_ptr<T>();
@@ -303,7 +303,7 @@ std::vector<Tensor> gru_bwd_impl(const Tensor& dy, const Tensor& dhT, const Tens
 Tensor input_projection(const Tensor& x, const Tensor& w_ih, const Tensor& bias) {
   const int64_t Tn = x.size(0), B = x.size(1), D = x.size(2), NH = w_ih.size(0);
   Tensor xz = bias.expand({Tn * B, NH}).contiguous();
-  gemm(xz, x.reshape({Tn * B, D}), w_ih.t().contiguous(), 1.0f);
+  gemm(xz, x.reshape({Tn * B, D}), w_ih.t(), 1.0f);
   return xz.view({Tn, B, NH});
 }
 
