@@ -321,3 +321,16 @@ def test_cuda_matches_cpu(spec):
     y_gpu, _ = core.cuda()(x.cuda(), None, r.cuda())
     y_gpu.sum().backward()
     torch.testing.assert_close(y_gpu.cpu(), y_cpu, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("spec", ["urlstm", "lstm:O-", "urgru", "gru:-M"])
+def test_no_grad_path_equals_autograd_path(spec, backend):
+    """Acting under no_grad / inference_mode skips the autograd Function: same outputs and state."""
+    _, fast = _pair(spec, L=2)
+    x, r = _inputs()
+    y, s = fast(x, None, r)
+    with torch.inference_mode():
+        y_inf, s_inf = fast(x, None, r)
+    torch.testing.assert_close(y_inf, y.detach())
+    for a, b in zip(s_inf, s):
+        torch.testing.assert_close(a, b.detach())
