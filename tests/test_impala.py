@@ -252,10 +252,10 @@ if "UrlstmFaulty-v0" not in gym.registry:
 
 
 def run_faulty(tmp_path, flag_file: str, fail_at: int, total_steps: int, eval_episodes: int = 0,
-               stop=None) -> dict:
+               stop=None, num_actors: int = 2) -> dict:
     cfg = TrainConfig(algo="impala", env="UrlstmFaulty-v0",
                       env_kwargs={"flag_file": flag_file, "fail_at": fail_at, "importer": FaultyEnv},
-                      core="gru", num_envs=4, num_actors=2, unroll_length=8, learner_batch=2, hidden_size=16,
+                      core="gru", num_envs=4, num_actors=num_actors, unroll_length=8, learner_batch=2, hidden_size=16,
                       embed_size=16, total_steps=total_steps, eval_episodes=eval_episodes, progress=False,
                       device="cpu")
     venv = train.make_env(cfg, num_envs=1)
@@ -291,7 +291,7 @@ def test_actor_whose_env_raises_is_reported_and_restarted(tmp_path):
 
 def test_actor_that_cannot_start_stops_the_run_with_its_error(tmp_path):
     # a flag path in a missing folder: every actor raises at its first step, every time
-    s = run_faulty(tmp_path, str(tmp_path / "missing" / "x"), fail_at=1, total_steps=320)
+    s = run_faulty(tmp_path, str(tmp_path / "missing" / "x"), fail_at=1, total_steps=320, num_actors=1)
     assert s["status"].startswith("failed: actor"), s
     assert "FileNotFoundError" in s["status"]
     assert os.path.isfile(s["checkpoint"])
