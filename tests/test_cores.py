@@ -334,3 +334,20 @@ def test_no_grad_path_equals_autograd_path(spec, backend):
     torch.testing.assert_close(y_inf, y.detach())
     for a, b in zip(s_inf, s):
         torch.testing.assert_close(a, b.detach())
+
+
+@pytest.mark.parametrize("spec", RECURRENT)
+def test_calls_leave_parameters_untouched(spec, backend):
+    """A one-element, one-step call (acting in a single env) must not write into any parameter."""
+    core = make_core(spec, 3, 4)
+    before = {k: v.clone() for k, v in core.state_dict().items()}
+    x = torch.randn(1, 1, 3)
+    with torch.no_grad():
+        y1, _ = core(x)
+        y2, _ = core(x)
+    y3, _ = core(x)
+    y3.sum().backward()
+    for k, v in core.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    torch.testing.assert_close(y1, y2)
+    torch.testing.assert_close(y1, y3.detach())

@@ -302,7 +302,8 @@ std::vector<Tensor> gru_bwd_impl(const Tensor& dy, const Tensor& dhT, const Tens
 // xz = x @ w_ih^T + bias for the whole sequence: x [T, B, D] -> [T, B, NH].
 Tensor input_projection(const Tensor& x, const Tensor& w_ih, const Tensor& bias) {
   const int64_t Tn = x.size(0), B = x.size(1), D = x.size(2), NH = w_ih.size(0);
-  Tensor xz = bias.expand({Tn * B, NH}).contiguous();
+  Tensor xz = at::empty({Tn * B, NH}, x.options());
+  xz.copy_(bias.expand({Tn * B, NH}));  // a fresh buffer: expand(...).contiguous() may alias bias
   gemm(xz, x.reshape({Tn * B, D}), w_ih.t(), 1.0f);
   return xz.view({Tn, B, NH});
 }
