@@ -16,12 +16,12 @@ class ConfigError(ValueError):
 
 
 def _default_env_kwargs() -> dict[str, Any]:
-    return {"length": 40}
+    return {"length": 50}
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything a PPO run needs. Defaults: UR-LSTM on the passive T-maze of length 40."""
+    """Everything a PPO run needs. Defaults: UR-LSTM on the passive T-maze of length 50."""
 
     # --- task and agent -------------------------------------------------------------------------
     env: str = "urlstm/TMazePassive-v0"
@@ -43,14 +43,14 @@ class TrainConfig:
     """Feed the previous action and reward to the core next to the observation."""
 
     # --- PPO (CleanRL's names) ------------------------------------------------------------------
-    total_steps: int = 400_000
+    total_steps: int = 1_000_000
     """Environment steps to train for (all envs together)."""
-    num_envs: int = 64
+    num_envs: int = 32
     """Environments stepped in parallel."""
-    num_steps: int = 82
+    num_steps: int = 102
     """Rollout length per env per update. For memory length L use a multiple of the episode length
     (L+1 for the passive T-maze) so that episodes never straddle two rollouts."""
-    seq_len: int = 82
+    seq_len: int = 102
     """Length of the training sequences (a divisor of num_steps): gradients flow through at most
     seq_len steps. seq_len = num_steps back-propagates through the whole rollout."""
     learning_rate: float = 1e-3
@@ -73,12 +73,12 @@ class TrainConfig:
     """Clip the value loss around the rollout's values."""
     ent_coef: float = 0.01
     """Entropy bonus coefficient."""
-    uniform_kl_coef: float = 0.0
+    uniform_kl_coef: float = 0.02
     """Coefficient of KL(uniform || policy) in the loss, a log-barrier on every action's probability
     (discrete actions). Unlike the entropy bonus its pull does not fade as an action becomes unlikely,
     so states that are reached only once the rest of the policy is nearly deterministic (the T-maze
     junction) still get explored; it keeps each action's probability near coef^2 / num_actions
-    where advantages oppose it. 0: plain PPO."""
+    where advantages oppose it. 0: plain CleanRL PPO."""
     vf_coef: float = 0.5
     """Value loss coefficient."""
     max_grad_norm: float = 0.5
