@@ -94,14 +94,25 @@ def run_grid(grid: GridConfig) -> tuple[str, list[dict]]:
 
 
 def find_runs(paths: list[str]) -> list[str]:
-    """Run folders (holding summary.json) among ``paths``, or directly inside them."""
+    """Run folders (holding summary.json) among ``paths``, in the given order, or directly inside
+    them (a grid folder's runs in its grid.json order of cores, then seeds)."""
     runs = []
     for path in paths:
         if os.path.isfile(os.path.join(path, "summary.json")):
             runs.append(path)
         elif os.path.isdir(path):
-            runs += sorted(os.path.join(path, d) for d in os.listdir(path)
-                           if os.path.isfile(os.path.join(path, d, "summary.json")))
+            inside = sorted(os.path.join(path, d) for d in os.listdir(path)
+                            if os.path.isfile(os.path.join(path, d, "summary.json")))
+            if os.path.isfile(os.path.join(path, "grid.json")):
+                with open(os.path.join(path, "grid.json")) as f:
+                    rank = {c: i for i, c in enumerate(json.load(f)["cores"])}
+
+                def key(run: str) -> tuple[int, int]:
+                    with open(os.path.join(run, "summary.json")) as f:
+                        s = json.load(f)
+                    return rank.get(s["core"], len(rank)), s["seed"]
+                inside.sort(key=key)
+            runs += inside
     return runs
 
 
