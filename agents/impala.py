@@ -16,7 +16,8 @@ counter (no lock that a killed actor could leave held). Unrolls acted by a polic
 
 Each actor talks to the learner through its own pipe: the learner sends free slot indices, the actor
 answers with full ones. An actor that dies (an environment raising, a killed process) is reported in
-the log and ``actors.log`` and restarted with fresh environments; the learner's weights are untouched.
+the log and ``actors.log`` and restarted with fresh environments; the learner's weights are
+untouched.
 Ctrl-C or SIGTERM stops the run after the current update and writes a checkpoint; actors are
 daemonic, ignore SIGINT, exit when the learner's pipe closes, and are terminated in ``finally``.
 
@@ -46,13 +47,13 @@ from torch import nn
 from agents import checkpoint as ckpt
 from agents.config import TrainConfig
 from agents.logger import Logger
-from agents.ppo import (Carry, EpisodeStats, NonFiniteLossError, Timers, _initial_carry, _log, _postfix,
-                        _StopFlag, collect)
+from agents.ppo import (Carry, EpisodeStats, NonFiniteLossError, Timers, _initial_carry, _log,
+                        _postfix, _StopFlag, collect)
 from agents.returns import vtrace
 from policies.actor_critic import ActorCritic, obs_zeros, tree_map
 
 State = tuple[torch.Tensor, ...]
-MAX_CONSECUTIVE_FAILURES = 3  # an actor that dies this often in a row without one unroll stops the run
+MAX_CONSECUTIVE_FAILURES = 3  # an actor dying this often in a row without one unroll stops the run
 
 
 class ActorFailedError(RuntimeError):
@@ -66,29 +67,32 @@ class ActorFailedError(RuntimeError):
 class Buffers:
     """``num_buffers`` preallocated unroll slots in shared memory (CPU)."""
 
-    def __init__(self, policy: ActorCritic, num_buffers: int, unroll_length: int, envs_per_actor: int):
+    def __init__(self, policy: ActorCritic, num_buffers: int, unroll_length: int,
+                 envs_per_actor: int):
         N, T, B = num_buffers, unroll_length, envs_per_actor
         a_shape, a_dtype = policy.head.action_shape(), policy.head.action_dtype()
         self.obs = obs_zeros(policy.observation_space, (N, T + 1, B), "cpu")      # [N, T+1, B, ...]
         self.reset = torch.zeros(N, T + 1, B, dtype=torch.bool)                    # [N, T+1, B]
-        self.prev_action = torch.zeros(N, T + 1, B, *a_shape, dtype=a_dtype)       # [N, T+1, B, ...]
+        self.prev_action = torch.zeros(N, T + 1, B, *a_shape, dtype=a_dtype)       # [N, T+1, B, .]
         self.prev_reward = torch.zeros(N, T + 1, B)                                # [N, T+1, B]
         self.actions = torch.zeros(N, T, B, *a_shape, dtype=a_dtype)               # [N, T, B, ...]
-        self.logprobs = torch.zeros(N, T, B)                                       # [N, T, B] behaviour
+        self.logprobs = torch.zeros(N, T, B)                                       # [N, T, B] mu
         self.rewards = torch.zeros(N, T, B)                                        # [N, T, B]
         self.terminated = torch.zeros(N, T, B, dtype=torch.bool)                   # [N, T, B]
         self.truncated = torch.zeros(N, T, B, dtype=torch.bool)                    # [N, T, B]
         self.final_values = torch.zeros(N, T, B)                                   # [N, T, B]
         # core state before the unroll's first step: each [N, 1, *state_shape]
-        self.states = tuple(torch.zeros(N, 1, *s.shape, dtype=s.dtype) for s in policy.initial_state(B, "cpu"))
-        self.version = torch.zeros(N, dtype=torch.long)                            # [N] policy that acted
+        self.states = tuple(torch.zeros(N, 1, *s.shape, dtype=s.dtype)
+                            for s in policy.initial_state(B, "cpu"))
+        self.version = torch.zeros(N, dtype=torch.long)                            # [N] who acted
         for x in self._tensors():
             x.share_memory_()
 
     def _tensors(self) -> list[torch.Tensor]:
         leaves: list[torch.Tensor] = []
         tree_map(leaves.append, self.obs)
-        return leaves + [self.reset, self.prev_action, self.prev_reward, self.actions, self.logprobs,
+        return leaves + [self.reset, self.prev_action, self.prev_reward, self.actions,
+                         self.logprobs,
                          self.rewards, self.terminated, self.truncated, self.final_values,
                          *self.states, self.version]
 
@@ -96,13 +100,16 @@ class Buffers:
 class _SlotView:
     """A slot seen as the ``Rollout`` that ``ppo.collect`` fills (views into shared memory)."""
 
-    def __init__(self, buf: Buffers, i: int, T: int, values: torch.Tensor, next_value: torch.Tensor):
+    def __init__(self, buf: Buffers, i: int, T: int, values: torch.Tensor,
+                 next_value: torch.Tensor):
         self.obs = tree_map(lambda x: x[i, :T], buf.obs)
-        self.reset, self.prev_action, self.prev_reward = buf.reset[i, :T], buf.prev_action[i, :T], buf.prev_reward[i, :T]
+        self.reset, self.prev_action = buf.reset[i, :T], buf.prev_action[i, :T]
+        self.prev_reward = buf.prev_reward[i, :T]
         self.actions, self.logprobs, self.rewards = buf.actions[i], buf.logprobs[i], buf.rewards[i]
-        self.terminated, self.truncated, self.final_values = buf.terminated[i], buf.truncated[i], buf.final_values[i]
+        self.terminated, self.truncated = buf.terminated[i], buf.truncated[i]
+        self.final_values = buf.final_values[i]
         self.states = tuple(s[i] for s in buf.states)
-        self.values, self.next_value = values, next_value  # actor-local: the learner recomputes values
+        self.values, self.next_value = values, next_value  # actor-local; the learner recomputes
 
 
 class SharedWeights:
@@ -114,7 +121,8 @@ class SharedWeights:
     """
 
     def __init__(self, policy: ActorCritic):
-        self.weights = {k: v.detach().to("cpu").clone().share_memory_() for k, v in policy.state_dict().items()}
+        self.weights = {k: v.detach().to("cpu").clone().share_memory_()
+                        for k, v in policy.state_dict().items()}
         self.seq = torch.zeros(2, dtype=torch.long).share_memory_()
 
     def publish(self, policy: ActorCritic, version: int) -> None:
@@ -125,7 +133,7 @@ class SharedWeights:
         self.seq[0] += 1
 
     def fetch(self, policy: ActorCritic, have: int) -> int:
-        """Load the published weights into ``policy`` unless it has them already; returns the version."""
+        """Load the published weights into ``policy`` unless it has them; returns the version."""
         while True:
             s1 = int(self.seq[0])
             if s1 % 2 == 0:
@@ -155,8 +163,8 @@ def make_actor_envs(cfg: TrainConfig, num_envs: int, seed: int):
 
 def make_actor_policy(cfg: TrainConfig, venv) -> ActorCritic:
     return ActorCritic(venv.single_observation_space, venv.single_action_space, core=cfg.core,
-                       hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, embed_size=cfg.embed_size,
-                       prev_action_reward=cfg.prev_action_reward)
+                       hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
+                       embed_size=cfg.embed_size, prev_action_reward=cfg.prev_action_reward)
 
 
 def actor(index: int, cfg_dict: dict, seed: int, buffers: Buffers, weights: SharedWeights,
@@ -175,8 +183,8 @@ def actor(index: int, cfg_dict: dict, seed: int, buffers: Buffers, weights: Shar
     B = cfg.num_envs // cfg.num_actors
     T = cfg.unroll_length
     # ppo.collect's view of one unroll: T steps of B envs, one start state
-    local = dataclasses.replace(cfg, num_envs=B, num_actors=1, num_steps=T, seq_len=T, num_minibatches=1,
-                                seed=seed)
+    local = dataclasses.replace(cfg, num_envs=B, num_actors=1, num_steps=T, seq_len=T,
+                                num_minibatches=1, seed=seed)
     venv = None
     try:
         venv = make_actor_envs(cfg, B, seed)
@@ -200,8 +208,8 @@ def actor(index: int, cfg_dict: dict, seed: int, buffers: Buffers, weights: Shar
                 free.append(msg)
             slot = free.pop(0)
             version = weights.fetch(policy, have=version)
-            carry = collect(policy, venv, _SlotView(buffers, slot, T, values, next_value), carry, local,
-                            stats, timers, device)
+            view = _SlotView(buffers, slot, T, values, next_value)
+            carry = collect(policy, venv, view, carry, local, stats, timers, device)
             # observation T: only bootstrapped from
             tree_map(lambda buf, x: buf[slot, T].copy_(x), buffers.obs, carry.obs)
             buffers.reset[slot, T] = carry.reset
@@ -233,10 +241,11 @@ def actor(index: int, cfg_dict: dict, seed: int, buffers: Buffers, weights: Shar
 class ActorPool:
     """Starts, watches and restarts the actor processes; hands the learner full slots."""
 
-    def __init__(self, cfg: TrainConfig, policy: ActorCritic, weights: SharedWeights, seed_offset: int,
-                 report: Callable[[str], None]):
+    def __init__(self, cfg: TrainConfig, policy: ActorCritic, weights: SharedWeights,
+                 seed_offset: int, report: Callable[[str], None]):
         self.cfg = cfg
-        self.per_actor = max(2, -(-cfg.learner_batch // cfg.num_actors) + 1)   # slots owned by each actor
+        # slots owned by each actor: enough for a batch while every actor keeps one to fill
+        self.per_actor = max(2, -(-cfg.learner_batch // cfg.num_actors) + 1)
         self.buffers = Buffers(policy, cfg.num_actors * self.per_actor, cfg.unroll_length,
                                cfg.num_envs // cfg.num_actors)
         self.weights = weights
@@ -265,10 +274,12 @@ class ActorPool:
 
     def _start(self, i: int) -> None:
         B = self.cfg.num_envs // self.cfg.num_actors
-        seed = (self.cfg.seed + self.seed_offset + i * B + self.generation[i] * 7919 * self.cfg.num_envs)
+        seed = (self.cfg.seed + self.seed_offset + i * B
+                + self.generation[i] * 7919 * self.cfg.num_envs)
         mine, theirs = self.ctx.Pipe(duplex=True)
         p = self.ctx.Process(target=actor, name=f"impala-actor-{i}", daemon=True,
-                             args=(i, self.cfg.to_dict(), seed, self.buffers, self.weights, theirs, os.getpid()))
+                             args=(i, self.cfg.to_dict(), seed, self.buffers, self.weights, theirs,
+                                   os.getpid()))
         p.start()
         theirs.close()
         self.procs[i], self.conns[i] = p, mine
@@ -340,14 +351,17 @@ class ActorPool:
             p.kill()
             p.join()
         code = p.exitcode
-        how = f"killed by signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+        if code is not None and code < 0:
+            how = f"killed by signal {signal.Signals(-code).name}"
+        else:
+            how = f"exit code {code}"
         self.conns[i].close()
         if self.unrolls_since_start[i] == 0:
             self.failures_in_a_row[i] += 1
         last, self.last_error[i] = self.last_error[i] or how, None
         if self.failures_in_a_row[i] >= MAX_CONSECUTIVE_FAILURES:
-            raise ActorFailedError(f"actor {i} died {self.failures_in_a_row[i]} times in a row before "
-                                   f"producing an unroll; last error: {last}")
+            raise ActorFailedError(f"actor {i} died {self.failures_in_a_row[i]} times in a row "
+                                   f"before producing an unroll; last error: {last}")
         self.restarts += 1
         self.generation[i] += 1
         self.report(f"actor {i} died ({how}); restarting it with fresh environments "
@@ -358,7 +372,7 @@ class ActorPool:
         return [p.pid for p in self.procs if p is not None and p.is_alive()]
 
     def close(self) -> None:
-        """Ask every actor to stop, then terminate and kill what is left; no process outlives this."""
+        """Ask every actor to stop, then terminate and kill what is left: none outlives this."""
         for c in self.conns:
             if c is not None:
                 try:
@@ -404,7 +418,9 @@ class Batch:
 
 def take_batch(buf: Buffers, slots: list[int], device: torch.device) -> Batch:
     """Copy the slots out of shared memory (after which they can be refilled)."""
-    cat = lambda x: torch.cat([x[i] for i in slots], dim=1).to(device, non_blocking=True)  # noqa: E731
+    def cat(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x[i] for i in slots], dim=1).to(device, non_blocking=True)
+
     # state tensors follow the [num_layers, B, H] convention: batch is dim 1
     state = tuple(torch.cat([s[i, 0] for i in slots], dim=1).to(device) for s in buf.states)
     return Batch(tree_map(cat, buf.obs), cat(buf.reset), cat(buf.prev_action), cat(buf.prev_reward),
@@ -416,12 +432,14 @@ def update(policy: ActorCritic, optimizer: torch.optim.Optimizer, b: Batch,
            cfg: TrainConfig) -> dict[str, torch.Tensor]:
     """One V-trace actor-critic step on a batch of unrolls; returns loss statistics (tensors)."""
     T = b.rewards.shape[0]
-    actions = torch.cat([b.actions, b.actions[-1:]], 0)   # [T+1, N, ...]: the last row is not scored
-    logp, entropy, value, uniform_kl = policy.evaluate(b.obs, b.state, b.reset, actions, b.prev_action,
-                                                       b.prev_reward, with_uniform_kl=True)
+    actions = torch.cat([b.actions, b.actions[-1:]], 0)   # [T+1, N, ...]: the last row is unused
+    logp, entropy, value, uniform_kl = policy.evaluate(b.obs, b.state, b.reset, actions,
+                                                       b.prev_action, b.prev_reward,
+                                                       with_uniform_kl=True)
     logp, entropy, values = logp[:T], entropy[:T], value[:T]                # [T, N]
-    vs, pg_adv = vtrace(b.logprobs, logp.detach(), b.rewards, values.detach(), b.terminated, b.truncated,
-                        value[T].detach(), b.final_values, cfg.gamma, cfg.vtrace_rho_bar, cfg.vtrace_c_bar)
+    vs, pg_adv = vtrace(b.logprobs, logp.detach(), b.rewards, values.detach(), b.terminated,
+                        b.truncated, value[T].detach(), b.final_values, cfg.gamma,
+                        cfg.vtrace_rho_bar, cfg.vtrace_c_bar)
     if cfg.norm_adv:  # as PPO does: scale-free policy gradients (small shaped rewards)
         pg_adv = (pg_adv - pg_adv.mean()) / (pg_adv.std() + 1e-8)
     pg_loss = -(pg_adv * logp).mean()
@@ -435,24 +453,27 @@ def update(policy: ActorCritic, optimizer: torch.optim.Optimizer, b: Batch,
     params = [p for p in policy.parameters() if p.requires_grad]
     grad_norm = nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
     if not bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):
-        raise NonFiniteLossError(f"loss became {loss.item()} (gradient norm {grad_norm.item()}): lower "
-                                 "--learning-rate or --max-grad-norm")
+        raise NonFiniteLossError(f"loss became {loss.item()} (gradient norm {grad_norm.item()}): "
+                                 "lower --learning-rate or --max-grad-norm")
     optimizer.step()
     with torch.no_grad():
         log_rho = logp.detach() - b.logprobs
         var_y = vs.var()
         explained = torch.where(var_y > 0, 1 - (vs - values.detach()).var() / var_y, torch.nan)
-        return {"policy_loss": pg_loss.detach(), "value_loss": v_loss.detach(), "entropy": ent.detach(),
-                "uniform_kl": kl_u.detach(),
+        return {"policy_loss": pg_loss.detach(), "value_loss": v_loss.detach(),
+                "entropy": ent.detach(), "uniform_kl": kl_u.detach(),
                 "importance_ratio": log_rho.exp().mean(),
                 "rho_clipfrac": (log_rho > math.log(cfg.vtrace_rho_bar)).float().mean(),
-                "approx_kl": ((log_rho.exp() - 1) - log_rho).mean(), "explained_variance": explained}
+                "approx_kl": ((log_rho.exp() - 1) - log_rho).mean(),
+                "explained_variance": explained}
 
 
 def _empty_carry(policy: ActorCritic) -> Carry:
     """The checkpoint's carry: the actors' environments are not saved (they restart on resume)."""
-    return Carry(obs=obs_zeros(policy.observation_space, (0,), "cpu"), reset=torch.zeros(0, dtype=torch.bool),
-                 prev_action=torch.zeros(0, *policy.head.action_shape(), dtype=policy.head.action_dtype()),
+    head = policy.head
+    return Carry(obs=obs_zeros(policy.observation_space, (0,), "cpu"),
+                 reset=torch.zeros(0, dtype=torch.bool),
+                 prev_action=torch.zeros(0, *head.action_shape(), dtype=head.action_dtype()),
                  prev_reward=torch.zeros(0), state=policy.initial_state(0, "cpu"))
 
 
@@ -491,8 +512,9 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
         wall_before, best_success = resume["wall_time_s"], resume["best_success_rate"]
         stats.load_state_dict(resume["stats"])
         ckpt.set_rng_state(resume["rng"])
-    bar = tqdm(total=cfg.num_updates * cfg.batch_size, initial=global_step, unit="step", unit_scale=True,
-               dynamic_ncols=True, disable=not cfg.progress, desc="impala", smoothing=0.1)
+    bar = tqdm(total=cfg.num_updates * cfg.batch_size, initial=global_step, unit="step",
+               unit_scale=True, dynamic_ncols=True, disable=not cfg.progress, desc="impala",
+               smoothing=0.1)
 
     def report(message: str) -> None:
         bar.write(message, file=sys.stderr)
@@ -504,8 +526,9 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
     pool = ActorPool(cfg, policy, weights, seed_offset=global_step, report=report)
 
     def save() -> str:
-        return ckpt.save(run_dir, cfg=cfg, policy=policy, optimizer=optimizer, global_step=global_step,
-                         update=update_idx, wall_time_s=wall_before + time.perf_counter() - start,
+        return ckpt.save(run_dir, cfg=cfg, policy=policy, optimizer=optimizer,
+                         global_step=global_step, update=update_idx,
+                         wall_time_s=wall_before + time.perf_counter() - start,
                          carry=_empty_carry(policy), stats=stats, best_success_rate=best_success,
                          action_log=None)
 
@@ -576,15 +599,17 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
                 pe.new_returns, pe.new_lengths, pe.new_successes, pe.episodes = [], [], [], 0
                 episodes = stats.flush()
                 recent_return, recent_success = stats.recent()
-                if recent_success is not None and len(stats.successes) >= min(20, stats.successes.maxlen):
-                    best_success = recent_success if best_success is None else max(best_success, recent_success)
+                enough = len(stats.successes) >= min(20, stats.successes.maxlen)
+                if recent_success is not None and enough:
+                    best_success = (recent_success if best_success is None
+                                    else max(best_success, recent_success))
                 sps = (global_step - start_step) / max(time.perf_counter() - start, 1e-9)
                 if update_idx % cfg.log_every == 0 or update_idx == cfg.num_updates:
                     for k in ("env", "inference", "learn"):
                         totals[k] += getattr(timers, k)
                     totals["wait"] += wait_s
-                    _log(logger, policy, global_step, update_idx, cfg, episodes, losses, timers, sps,
-                         optimizer.param_groups[0]["lr"])
+                    _log(logger, policy, global_step, update_idx, cfg, episodes, losses, timers,
+                         sps, optimizer.param_groups[0]["lr"])
                     logger.scalar("perf/wait_s", wait_s, global_step)
                     if lags:
                         logger.scalar("perf/policy_lag_mean", float(np.mean(lags)), global_step)
@@ -594,8 +619,8 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
                     lag_sum, lag_count = lag_sum + sum(lags), lag_count + len(lags)
                     lags, wait_s = [], 0.0
                     timers.reset()
-                progress = {"step": global_step, "update": update_idx, "sps": sps, "return": recent_return,
-                            "success": recent_success}
+                progress = {"step": global_step, "update": update_idx, "sps": sps,
+                            "return": recent_return, "success": recent_success}
                 bar.update(cfg.batch_size)
                 bar.set_postfix_str(_postfix(progress), refresh=False)
                 if on_progress is not None:
@@ -624,14 +649,16 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
     recent_return, recent_success = stats.recent()
     final_eval = None
     if status == "finished" and cfg.eval_episodes > 0:
-        final_eval = evaluate(policy, cfg, device, episodes=cfg.eval_episodes, greedy=cfg.eval_greedy)
+        final_eval = evaluate(policy, cfg, device, episodes=cfg.eval_episodes,
+                              greedy=cfg.eval_greedy)
         logger.scalar("charts/eval_return", final_eval["return_mean"], global_step)
         if final_eval["success_rate"] is not None:
             logger.scalar("charts/eval_success_rate", final_eval["success_rate"], global_step)
             s = final_eval["success_rate"]
             best_success = s if best_success is None else max(best_success, s)
     summary = {
-        "env": cfg.env, "env_kwargs": cfg.env_kwargs, "core": cfg.core, "algo": "impala", "seed": cfg.seed,
+        "env": cfg.env, "env_kwargs": cfg.env_kwargs, "core": cfg.core, "algo": "impala",
+        "seed": cfg.seed,
         "status": status, "total_steps": global_step, "updates": update_idx,
         "wall_time_s": round(wall, 2), "sps": round(global_step / max(wall, 1e-9), 1),
         "final_success_rate": final_eval["success_rate"] if final_eval else None,
@@ -640,7 +667,8 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
         "train_success_rate": recent_success, "train_return": recent_return,
         "best_success_rate": best_success, "checkpoint": checkpoint_path, "run_dir": run_dir,
         "perf_s": {k: round(v, 3) for k, v in totals.items()},
-        "num_actors": cfg.num_actors, "policy_lag_mean": round(lag_sum / lag_count, 3) if lag_count else None,
+        "num_actors": cfg.num_actors,
+        "policy_lag_mean": round(lag_sum / lag_count, 3) if lag_count else None,
         "dropped_unrolls": dropped, "dropped_steps": dropped_steps, "actor_restarts": pool.restarts,
         "actor_errors": pool.errors[-10:],
     }

@@ -31,15 +31,15 @@ from agents.logger import make_run_dir  # noqa: E402
 
 TASKS = {
     # PPO: num_steps = unroll_length; IMPALA: the same envs split over the actors
-    "minigrid": dict(env="MiniGrid-MemoryS7-v0", env_kwargs={}, num_envs=16, num_steps=128, seq_len=128,
-                     unroll_length=128),
-    "tmaze": dict(env="urlstm/TMazePassive-v0", env_kwargs={"length": 100}, num_envs=32, num_steps=101,
-                  seq_len=101, unroll_length=101),
+    "minigrid": dict(env="MiniGrid-MemoryS7-v0", env_kwargs={}, num_envs=16, num_steps=128,
+                     seq_len=128, unroll_length=128),
+    "tmaze": dict(env="urlstm/TMazePassive-v0", env_kwargs={"length": 100}, num_envs=32,
+                  num_steps=101, seq_len=101, unroll_length=101),
 }
 
 
 def measure(cfg: TrainConfig) -> dict:
-    """One training run of ``cfg`` (ppo or impala); SPS end to end and between the first/last update."""
+    """One training run of ``cfg`` (ppo or impala); SPS end to end and from first to last update."""
     device = train.resolve_device(cfg.device)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)  # as train.py does (one thread by default)
@@ -62,7 +62,8 @@ def measure(cfg: TrainConfig) -> dict:
         "algo": cfg.algo, "status": summary["status"], "steps": summary["total_steps"],
         "updates": summary["updates"], "wall_s": round(wall, 2),
         "sps_end_to_end": round(summary["total_steps"] / wall, 1),
-        "sps_steady": round((s_last - s_first) / (t_last - t_first), 1) if t_last > t_first else None,
+        "sps_steady": (round((s_last - s_first) / (t_last - t_first), 1) if t_last > t_first
+                       else None),
         "steps_per_update": cfg.batch_size, "perf_s": summary.get("perf_s"),
         "policy_lag_mean": summary.get("policy_lag_mean"), "train_return": summary["train_return"],
     }
@@ -86,16 +87,19 @@ def main(argv: list[str] | None = None) -> dict:
     for task in args.tasks:
         spec = TASKS[task]
         steps = args.steps_minigrid if task == "minigrid" else args.steps_tmaze
-        common = dict(env=spec["env"], env_kwargs=spec["env_kwargs"], core=args.core, num_envs=spec["num_envs"],
+        common = dict(env=spec["env"], env_kwargs=spec["env_kwargs"], core=args.core,
+                      num_envs=spec["num_envs"],
                       total_steps=steps, eval_episodes=0, progress=False, save_every=10**9,
                       device=args.device, anneal_lr=False)
         runs = {}
-        runs["ppo"] = measure(TrainConfig(**common, algo="ppo", num_steps=spec["num_steps"], seq_len=spec["seq_len"]))
+        runs["ppo"] = measure(TrainConfig(**common, algo="ppo", num_steps=spec["num_steps"],
+                                          seq_len=spec["seq_len"]))
         runs["impala"] = measure(TrainConfig(**common, algo="impala", num_actors=args.num_actors,
                                              unroll_length=spec["unroll_length"],
                                              learner_batch=args.learner_batch))
-        runs["impala_over_ppo_steady"] = (round(runs["impala"]["sps_steady"] / runs["ppo"]["sps_steady"], 2)
-                                          if runs["ppo"]["sps_steady"] and runs["impala"]["sps_steady"] else None)
+        ppo_sps, impala_sps = runs["ppo"]["sps_steady"], runs["impala"]["sps_steady"]
+        runs["impala_over_ppo_steady"] = (round(impala_sps / ppo_sps, 2) if ppo_sps and impala_sps
+                                          else None)
         result["tasks"][task] = {"env": spec["env"], "env_kwargs": spec["env_kwargs"],
                                  "num_envs": spec["num_envs"], **runs}
         print(json.dumps({task: result["tasks"][task]}), file=sys.stderr, flush=True)

@@ -21,13 +21,15 @@ from agents import impala, ppo
 from agents.config import ConfigError, TrainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--algo", "impala", "--env", "urlstm/TMazePassive-v0", "--env-kwargs", "length=3", "--num-envs", "4",
-        "--num-actors", "2", "--unroll-length", "8", "--learner-batch", "2", "--hidden-size", "16",
-        "--embed-size", "16", "--eval-episodes", "4", "--no-progress", "--device", "cpu"]
+TINY = ["--algo", "impala", "--env", "urlstm/TMazePassive-v0", "--env-kwargs", "length=3",
+        "--num-envs", "4", "--num-actors", "2", "--unroll-length", "8", "--learner-batch", "2",
+        "--hidden-size", "16", "--embed-size", "16", "--eval-episodes", "4", "--no-progress",
+        "--device", "cpu"]
 
 
 def run(tmp_path, *flags, name="run", stop=None):
-    return train.run_train([*TINY, "--logdir", str(tmp_path), "--run-name", name, *flags], stop=stop)
+    return train.run_train([*TINY, "--logdir", str(tmp_path), "--run-name", name, *flags],
+                           stop=stop)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,8 +95,8 @@ def test_learner_rerun_reproduces_the_behaviour_logprobs():
     """Two consecutive unrolls written by the actor's code path into shared slots; the learner's
     re-run from each slot's start state (episodes straddle unrolls, resets inside) gives the same
     log-probabilities, so on-policy importance ratios are exactly 1."""
-    cfg = TrainConfig(algo="impala", env_kwargs={"length": 3}, num_envs=3, num_actors=1, unroll_length=7,
-                      hidden_size=8, embed_size=8, core="urlstm", progress=False)
+    cfg = TrainConfig(algo="impala", env_kwargs={"length": 3}, num_envs=3, num_actors=1,
+                      unroll_length=7, hidden_size=8, embed_size=8, core="urlstm", progress=False)
     torch.manual_seed(0)
     venv = impala.make_actor_envs(cfg, 3, seed=5)
     policy = impala.make_actor_policy(cfg, venv)
@@ -109,38 +111,41 @@ def test_learner_rerun_reproduces_the_behaviour_logprobs():
         buf.reset[slot, 7], buf.prev_action[slot, 7], buf.prev_reward[slot, 7] = (
             carry.reset, carry.prev_action, carry.prev_reward)
     venv.close()
-    assert buf.reset[:, :7].any() and any(s[1].abs().sum() > 0 for s in buf.states)  # non-zero start state
+    assert buf.reset[:, :7].any()
+    assert any(s[1].abs().sum() > 0 for s in buf.states)  # the second unroll starts mid-memory
     batch = impala.take_batch(buf, [0, 1], torch.device("cpu"))
     assert batch.reset.shape == (8, 6) and batch.actions.shape == (7, 6)
     with torch.no_grad():
         actions = torch.cat([batch.actions, batch.actions[-1:]], 0)
-        logp, _, _ = policy.evaluate(batch.obs, batch.state, batch.reset, actions, batch.prev_action,
-                                     batch.prev_reward)
+        logp, _, _ = policy.evaluate(batch.obs, batch.state, batch.reset, actions,
+                                     batch.prev_action, batch.prev_reward)
     torch.testing.assert_close(logp[:7], batch.logprobs, rtol=1e-5, atol=1e-5)
 
 
 def test_update_changes_the_weights_and_reports_losses():
-    cfg = TrainConfig(algo="impala", env_kwargs={"length": 3}, num_envs=2, num_actors=1, unroll_length=5,
-                      hidden_size=8, embed_size=8, core="gru", progress=False)
+    cfg = TrainConfig(algo="impala", env_kwargs={"length": 3}, num_envs=2, num_actors=1,
+                      unroll_length=5, hidden_size=8, embed_size=8, core="gru", progress=False)
     venv = impala.make_actor_envs(cfg, 2, seed=1)
     policy = impala.make_actor_policy(cfg, venv)
     buf = impala.Buffers(policy, 1, 5, 2)
     local = TrainConfig(**{**cfg.to_dict(), "num_steps": 5, "seq_len": 5, "num_minibatches": 1})
     carry = ppo._initial_carry(policy, venv, local, torch.device("cpu"))
-    ppo.collect(policy, venv, impala._SlotView(buf, 0, 5, torch.zeros(5, 2), torch.zeros(2)), carry, local,
-                ppo.EpisodeStats(), ppo.Timers(), torch.device("cpu"))
+    view = impala._SlotView(buf, 0, 5, torch.zeros(5, 2), torch.zeros(2))
+    ppo.collect(policy, venv, view, carry, local, ppo.EpisodeStats(), ppo.Timers(),
+                torch.device("cpu"))
     venv.close()
     before = [p.detach().clone() for p in policy.parameters()]
     opt = torch.optim.Adam(policy.parameters(), lr=1e-2)
     losses = impala.update(policy, opt, impala.take_batch(buf, [0], torch.device("cpu")), cfg)
-    assert {"policy_loss", "value_loss", "entropy", "uniform_kl", "importance_ratio", "rho_clipfrac"} <= set(losses)
+    assert {"policy_loss", "value_loss", "entropy", "uniform_kl", "importance_ratio",
+            "rho_clipfrac"} <= set(losses)
     assert torch.isfinite(losses["value_loss"])
     assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters()))
 
 
 def test_shared_weights_publish_and_fetch():
-    cfg = TrainConfig(algo="impala", env_kwargs={"length": 3}, num_envs=1, num_actors=1, hidden_size=8,
-                      embed_size=8, progress=False)
+    cfg = TrainConfig(algo="impala", env_kwargs={"length": 3}, num_envs=1, num_actors=1,
+                      hidden_size=8, embed_size=8, progress=False)
     venv = impala.make_actor_envs(cfg, 1, seed=1)
     a, b = impala.make_actor_policy(cfg, venv), impala.make_actor_policy(cfg, venv)
     venv.close()
@@ -183,7 +188,8 @@ def test_smoke_two_actors_then_resume(tmp_path):
     ea.Reload()
     tags = set(ea.Tags()["scalars"])
     for tag in ("charts/SPS", "losses/policy_loss", "losses/value_loss", "losses/entropy",
-                "perf/policy_lag_mean", "perf/policy_lag_max", "perf/dropped_unrolls", "perf/learn_s",
+                "perf/policy_lag_mean", "perf/policy_lag_max", "perf/dropped_unrolls",
+                "perf/learn_s",
                 "memory/gate_mean"):
         assert tag in tags, tag
     assert not our_children()
@@ -223,9 +229,10 @@ def test_killed_actor_is_restarted_and_the_run_finishes(tmp_path):
 
 
 class FaultyEnv(gym.Env):
-    """Episodes of 4 steps; the first time any copy reaches step ``fail_at`` it raises (the flag file
-    makes it happen once across processes). ``importer`` is this class itself: as an env kwarg it is
-    pickled to the actor processes, whose unpickling imports this module, which registers the id."""
+    """Episodes of 4 steps; the first time any copy reaches step ``fail_at`` it raises (the flag
+    file makes it happen once across processes). ``importer`` is this class itself: as an env kwarg
+    it is pickled to the actor processes, whose unpickling imports this module, which registers
+    the id."""
 
     observation_space = spaces.Discrete(3)
     action_space = spaces.Discrete(2)
@@ -254,10 +261,11 @@ if "UrlstmFaulty-v0" not in gym.registry:
 def run_faulty(tmp_path, flag_file: str, fail_at: int, total_steps: int, eval_episodes: int = 0,
                stop=None, num_actors: int = 2) -> dict:
     cfg = TrainConfig(algo="impala", env="UrlstmFaulty-v0",
-                      env_kwargs={"flag_file": flag_file, "fail_at": fail_at, "importer": FaultyEnv},
-                      core="gru", num_envs=4, num_actors=num_actors, unroll_length=8, learner_batch=2, hidden_size=16,
-                      embed_size=16, total_steps=total_steps, eval_episodes=eval_episodes, progress=False,
-                      device="cpu")
+                      env_kwargs={"flag_file": flag_file, "fail_at": fail_at,
+                                  "importer": FaultyEnv},
+                      core="gru", num_envs=4, num_actors=num_actors, unroll_length=8,
+                      learner_batch=2, hidden_size=16, embed_size=16, total_steps=total_steps,
+                      eval_episodes=eval_episodes, progress=False, device="cpu")
     venv = train.make_env(cfg, num_envs=1)
     policy = train.make_policy(cfg, venv, torch.device("cpu"))
     run_dir = str(tmp_path / "faulty")
@@ -291,7 +299,8 @@ def test_actor_whose_env_raises_is_reported_and_restarted(tmp_path):
 
 def test_actor_that_cannot_start_stops_the_run_with_its_error(tmp_path):
     # a flag path in a missing folder: every actor raises at its first step, every time
-    s = run_faulty(tmp_path, str(tmp_path / "missing" / "x"), fail_at=1, total_steps=320, num_actors=1)
+    s = run_faulty(tmp_path, str(tmp_path / "missing" / "x"), fail_at=1, total_steps=320,
+                   num_actors=1)
     assert s["status"].startswith("failed: actor"), s
     assert "FileNotFoundError" in s["status"]
     assert os.path.isfile(s["checkpoint"])
@@ -311,8 +320,9 @@ def test_no_children_after_an_exception_in_the_learner(tmp_path):
 
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_signal_to_the_cli_stops_everything_and_saves(tmp_path, sig):
-    """A real `python train.py --algo impala`: SIGINT to its process group (as Ctrl-C does) or SIGTERM
-    to the learner alone; it saves a checkpoint, exits 0, and every process it started is gone."""
+    """A real `python train.py --algo impala`: SIGINT to its process group (as Ctrl-C does) or
+    SIGTERM to the learner alone; it saves a checkpoint, exits 0, and every process it started is
+    gone."""
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), *TINY, "--total-steps", "10000000",
            "--logdir", str(tmp_path), "--run-name", "r", "--save-every", "1000000"]
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -325,8 +335,10 @@ def test_signal_to_the_cli_stops_everything_and_saves(tmp_path, sig):
         while time.monotonic() < deadline:
             seen |= descendants(p.pid)
             actors = [c for c in seen if "resource_tracker" not in _cmdline(c)]
-            if len(actors) >= 2 and events.exists() and any(
-                    f.startswith("events.out") and os.path.getsize(events / f) > 2000 for f in os.listdir(events)):
+            logged = events.exists() and any(
+                f.startswith("events.out") and os.path.getsize(events / f) > 2000
+                for f in os.listdir(events))
+            if len(actors) >= 2 and logged:
                 break
             assert p.poll() is None, p.communicate()
             time.sleep(0.2)

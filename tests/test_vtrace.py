@@ -9,13 +9,14 @@ import torch
 from agents.returns import gae, vtrace
 
 
-def brute_force_vtrace(mu_logp, pi_logp, rewards, values, terminated, truncated, bootstrap, final_values,
-                       gamma, rho_bar, c_bar):
+def brute_force_vtrace(mu_logp, pi_logp, rewards, values, terminated, truncated, bootstrap,
+                       final_values, gamma, rho_bar, c_bar):
     """v_s = V(x_s) + sum_{t=s}^{e} gamma^{t-s} (prod_{i=s}^{t-1} c_i) delta_t V, written as loops.
 
     delta_t V = rho_t (r_t + gamma_t V(x_{t+1}) - V(x_t)); gamma_t = 0 after a termination; the next
     value is the final observation's after a truncation and the bootstrap value after the last step;
-    the sum stops at the episode's last step e. Policy gradient: rho_s (r_s + gamma_s v_{s+1} - V(x_s)).
+    the sum stops at the episode's last step e.
+    Policy gradient: rho_s (r_s + gamma_s v_{s+1} - V(x_s)).
     """
     T, B = rewards.shape
     vs = torch.zeros(T, B, dtype=torch.float64)
@@ -69,8 +70,8 @@ def random_unroll(T, B, seed, p_end=0.15, dtype=torch.float64):
 
 
 def call(u, gamma, rho_bar, c_bar):
-    return vtrace(u["mu_logp"], u["pi_logp"], u["rewards"], u["values"], u["terminated"], u["truncated"],
-                  u["bootstrap"], u["final_values"], gamma, rho_bar, c_bar)
+    return vtrace(u["mu_logp"], u["pi_logp"], u["rewards"], u["values"], u["terminated"],
+                  u["truncated"], u["bootstrap"], u["final_values"], gamma, rho_bar, c_bar)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
