@@ -5,6 +5,7 @@
     python -m supervised pixels --core urgru --dataset digits --permute
     python -m supervised grid   --task pixels --permute --seeds 1,2,3 --steps 400 [--cores a,b,...] [--jobs 2]
     python -m supervised report RUN_OR_GRID_FOLDER... --out results/name   (table + curves of finished runs)
+    python -m supervised speed  --task copy --lag 480 [--reps 5] [--cores a,b,...]  (ms per training step)
 
 Flags are generated from ``supervised.config.Config`` (its field docstrings are the help text).
 Bad input prints one line ``error: ...`` and exits with 2.
@@ -99,6 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--seeds", type=_list(int), default=(1, 2, 3), help="comma-separated seeds (default: 1,2,3)")
     grid.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process (default: 1)")
     add_config_flags(grid, skip=("task", "core", "seed", "progress"))
+    speed = sub.add_parser("speed", help="time per training step of each core, round-robin in one process",
+                           description="Median milliseconds per training step of every core in --cores on --task "
+                           "(round-robin, so machine noise hits all alike); prints a Markdown table.")
+    speed.add_argument("--task", choices=TASKS, default="copy", help="task whose sizes are timed (default: copy)")
+    speed.add_argument("--cores", type=_list(str), default=None,
+                       help="comma-separated core specs (default: every lstm:XY cell, lstm, gru, urgru)")
+    speed.add_argument("--reps", type=int, default=5, help="timed steps per core (default: 5)")
+    add_config_flags(speed, skip=("task", "core", "progress", "logdir", "run_name", "time_budget", "eval_every",
+                                  "log_every", "steps"))
     report = sub.add_parser("report", help="table (md, csv) and learning curves of finished run folders",
                             description="Write OUT.md, OUT.csv and OUT.png from run folders (or folders of runs).")
     report.add_argument("runs", nargs="+", help="run folders, or folders that contain run folders")
@@ -119,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: list[str]) -> int:
     parser = build_parser()
     if not argv:
-        raise UsageError("name a TASK: copy, adding, pixels, grid or report (python -m supervised -h for help)")
+        raise UsageError("name a TASK: copy, adding, pixels, grid, report or speed (python -m supervised -h for help)")
     args = vars(parser.parse_args(argv))
     command = args.pop("command")
     if command == "report":
@@ -131,6 +141,17 @@ def _main(argv: list[str]) -> int:
         os.makedirs(os.path.dirname(os.path.abspath(args["out"])), exist_ok=True)
         paths = write_report(runs, args["out"], args["title"])
         print("\n".join(paths.values()))
+        return 0
+    if command == "speed":
+        from .grid import DEFAULT_CORES, GridConfig
+        from .speed import markdown, measure
+
+        cores, reps = args.pop("cores") or DEFAULT_CORES, args.pop("reps")
+        if reps < 1:
+            raise UsageError(f"--reps must be >= 1, got {reps}")
+        base = Config(task=args.pop("task"), core=cores[0], progress=False, eval_size=1, **args)
+        GridConfig(base, tuple(cores), (base.seed,))  # validates the core list
+        print(markdown(base, measure(base, tuple(cores), reps), reps))
         return 0
     if command == "grid":
         from .grid import DEFAULT_CORES, GridConfig, run_grid

@@ -236,3 +236,11 @@ def test_grid_two_cores(tmp_path, capsys):
     assert os.path.isfile(tmp_path / "again" / "table.png")
     with pytest.raises(ConfigError, match="unknown core"):
         GridConfig(base, cores=("lstm", "foo"))
+
+
+def test_speed_table(capsys):
+    assert main(["speed", "--task", "adding", "--length", "6", "--hidden-size", "4", "--cores", "lstm,urlstm",
+                 "--reps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "adding-T6: T=6" in out and "| `lstm` |" in out and "| `urlstm` |" in out
+    assert main(["speed", "--reps", "0"]) == 2
