@@ -115,7 +115,8 @@ def parse_eval(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
     parser.add_argument("--episodes", type=int, default=100, help="episodes to play (default: 100)")
     parser.add_argument("--video", default=None, metavar="OUT.gif", help="also save one episode as a GIF")
-    parser.add_argument("--greedy", action="store_true", help="take the most likely action")
+    parser.add_argument("--greedy", action=argparse.BooleanOptionalAction, default=True,
+                        help="take the most likely action (default); --no-greedy samples from the policy")
     parser.add_argument("--seed", type=int, default=None, help="env seed (default: training seed + 10000)")
     parser.add_argument("--num-envs", type=int, default=None, help="envs in parallel (default: the run's)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")

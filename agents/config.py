@@ -124,8 +124,9 @@ class TrainConfig:
     --progress may be changed."""
     eval_episodes: int = 100
     """Episodes of the final evaluation (0: skip it)."""
-    eval_greedy: bool = False
-    """Evaluate with the most likely action instead of sampling."""
+    eval_greedy: bool = True
+    """Evaluate with the most likely action (--no-eval-greedy: sample from the policy, exploration
+    floor included, as in training)."""
     save_every: int = 50
     """Write a checkpoint every this many updates (also at the end and on Ctrl-C)."""
     log_every: int = 1

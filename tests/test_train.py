@@ -110,8 +110,8 @@ def test_flags_round_trip_into_the_config():
 # slow learning checks (pytest -m slow)
 # ---------------------------------------------------------------------------------------------
 
-SLOW_TMAZE = ["--env-kwargs", "length=20", "--num-steps", "84", "--seq-len", "84", "--num-envs", "64",
-              "--total-steps", "400000", "--eval-episodes", "200", "--no-progress"]
+SLOW_TMAZE = ["--env-kwargs", "length=20", "--num-steps", "42", "--seq-len", "42", "--total-steps", "300000",
+              "--eval-episodes", "200", "--no-progress"]
 
 
 @pytest.mark.slow
