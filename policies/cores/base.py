@@ -8,7 +8,9 @@ a new episode; before step t consumes ``x[t]`` that element's state is replaced 
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from . import gates as G
 
 State = tuple[Tensor, ...]
 
@@ -104,3 +106,36 @@ class CoreMixin:
                 keep = (~reset.bool()).to(x.dtype).unsqueeze(-1)  # [T, B, 1]
         y, state = self._scan(x, state, keep)
         return y, (state[0] if bare else state)
+
+
+class GridCore(CoreMixin, nn.Module):
+    """What the LSTM and GRU gate-grid cores share: arguments, the grid cell, the forget bias init."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int, batch_first: bool, cell: str,
+                 impl: str, forget_bias: float, chrono_tmax: float, train_forget_bias: bool) -> None:
+        super().__init__()
+        self.input_size = check_size("input_size", input_size)
+        self.hidden_size = check_size("hidden_size", hidden_size)
+        self.num_layers = check_size("num_layers", num_layers)
+        self.batch_first = bool(batch_first)
+        self.primary, self.aux = G.parse_grid(cell)
+        if impl not in ("fast", "reference"):
+            raise ValueError(f"impl must be 'fast' or 'reference', got {impl!r}")
+        self.impl = impl
+        self.num_blocks = 3 if self.aux == "-" else 4
+        self._bias_init = dict(constant=forget_bias, chrono_tmax=chrono_tmax)
+        self._train_forget_bias = train_forget_bias
+
+    def new_forget_bias(self) -> nn.Parameter:
+        """A [H] forget bias initialised for this cell's primary gate."""
+        b_f = nn.Parameter(torch.empty(self.hidden_size), requires_grad=self._train_forget_bias)
+        G.init_forget_bias(b_f, self.primary, **self._bias_init)
+        return b_f
+
+    @property
+    def cell(self) -> str:
+        return self.primary + self.aux
+
+    def extra_repr(self) -> str:
+        return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, cell={self.cell!r}, "
+                f"impl={self.impl!r}, batch_first={self.batch_first}")

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from . import gates as G
 from . import kernels
-from .base import CoreMixin, State, check_size
+from .base import GridCore, State
 
 
 def gru_reference_scan(x: Tensor, w_ih: Tensor, b_ih: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor, b_f: Tensor,
@@ -114,7 +114,7 @@ def gru_fast_scan(x, w_ih, b_ih, h0, w_hh, b_hh, b_f, keep, primary: str, aux: s
     return GRUScan.apply(F.linear(x, w_ih, b_ih), h0, w_hh, b_hh, b_f, keep, primary, aux)
 
 
-class GatedGRU(CoreMixin, nn.Module):
+class GatedGRU(GridCore):
     """A GRU with gate grid cell ``cell`` on its keep gate (default ``UR``: the UR-GRU).
 
     Args:
@@ -129,16 +129,9 @@ class GatedGRU(CoreMixin, nn.Module):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = False, *,
                  cell: str = "UR", impl: str = "fast", forget_bias: float = 1.0, chrono_tmax: float = 1000.0,
                  train_forget_bias: bool = True) -> None:
-        super().__init__()
-        self.input_size = check_size("input_size", input_size)
-        self.hidden_size = H = check_size("hidden_size", hidden_size)
-        self.num_layers = check_size("num_layers", num_layers)
-        self.batch_first = bool(batch_first)
-        self.primary, self.aux = G.parse_grid(cell)
-        if impl not in ("fast", "reference"):
-            raise ValueError(f"impl must be 'fast' or 'reference', got {impl!r}")
-        self.impl = impl
-        nb = 3 if self.aux == "-" else 4
+        super().__init__(input_size, hidden_size, num_layers, batch_first, cell, impl, forget_bias, chrono_tmax,
+                         train_forget_bias)
+        H, nb = self.hidden_size, self.num_blocks
         for k in range(num_layers):
             width = input_size if k == 0 else H
             params = {"weight_ih": (nb * H, width), "weight_hh": (nb * H, H), "bias_ih": (nb * H,), "bias_hh": (nb * H,)}
@@ -150,17 +143,8 @@ class GatedGRU(CoreMixin, nn.Module):
                         p[H:2 * H].zero_()
                         p[3 * H:].zero_()
                 setattr(self, f"{name}_l{k}", p)
-            b_f = nn.Parameter(torch.empty(H), requires_grad=train_forget_bias)
-            G.init_forget_bias(b_f, self.primary, constant=forget_bias, chrono_tmax=chrono_tmax)
+            b_f = self.new_forget_bias()
             setattr(self, f"forget_bias_l{k}", b_f)
-
-    @property
-    def cell(self) -> str:
-        return self.primary + self.aux
-
-    def extra_repr(self) -> str:
-        return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, cell={self.cell!r}, "
-                f"impl={self.impl!r}, batch_first={self.batch_first}")
 
     def _scan(self, x: Tensor, state: State, keep: Tensor | None):
         (h0,) = state

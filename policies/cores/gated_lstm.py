@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from . import gates as G
 from . import kernels
-from .base import CoreMixin, State, check_size
+from .base import GridCore, State
 
 
 def lstm_reference_scan(x: Tensor, w_ih: Tensor, bias: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, b_f: Tensor,
@@ -119,7 +119,7 @@ def lstm_fast_scan(x, w_ih, bias, h0, c0, w_hh, b_f, keep, primary: str, aux: st
     return LSTMScan.apply(F.linear(x, w_ih, bias), h0, c0, w_hh, b_f, keep, primary, aux)
 
 
-class GatedLSTM(CoreMixin, nn.Module):
+class GatedLSTM(GridCore):
     """A coupled LSTM with gate grid cell ``cell`` (default ``UR``: the UR-LSTM).
 
     Drop-in for torch.nn.LSTM: ``forward(input, (h0, c0))`` returns ``(output, (h_n, c_n))``, with
@@ -139,35 +139,19 @@ class GatedLSTM(CoreMixin, nn.Module):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = False, *,
                  cell: str = "UR", impl: str = "fast", forget_bias: float = 1.0, chrono_tmax: float = 1000.0,
                  train_forget_bias: bool = True) -> None:
-        super().__init__()
-        self.input_size = check_size("input_size", input_size)
-        self.hidden_size = H = check_size("hidden_size", hidden_size)
-        self.num_layers = check_size("num_layers", num_layers)
-        self.batch_first = bool(batch_first)
-        self.primary, self.aux = G.parse_grid(cell)
-        if impl not in ("fast", "reference"):
-            raise ValueError(f"impl must be 'fast' or 'reference', got {impl!r}")
-        self.impl = impl
-        nb = 3 if self.aux == "-" else 4
+        super().__init__(input_size, hidden_size, num_layers, batch_first, cell, impl, forget_bias, chrono_tmax,
+                         train_forget_bias)
+        H, nb = self.hidden_size, self.num_blocks
         for k in range(num_layers):
             width = input_size if k == 0 else H
             w_ih, w_hh = nn.Parameter(torch.empty(nb * H, width)), nn.Parameter(torch.empty(nb * H, H))
             G.uniform_(w_ih, H)
             G.uniform_(w_hh, H)
-            b_f = nn.Parameter(torch.empty(H), requires_grad=train_forget_bias)
-            G.init_forget_bias(b_f, self.primary, constant=forget_bias, chrono_tmax=chrono_tmax)
+            b_f = self.new_forget_bias()
             setattr(self, f"weight_ih_l{k}", w_ih)
             setattr(self, f"weight_hh_l{k}", w_hh)
             setattr(self, f"bias_l{k}", nn.Parameter(torch.zeros(nb * H)))
             setattr(self, f"forget_bias_l{k}", b_f)
-
-    @property
-    def cell(self) -> str:
-        return self.primary + self.aux
-
-    def extra_repr(self) -> str:
-        return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, cell={self.cell!r}, "
-                f"impl={self.impl!r}, batch_first={self.batch_first}")
 
     def _scan(self, x: Tensor, state: State, keep: Tensor | None):
         h0, c0 = state
