@@ -120,10 +120,14 @@ class TrainConfig:
     """Run folder name (default: <env>__<core>__s<seed>__<timestamp>)."""
     resume: str | None = None
     """Continue a stopped run: a checkpoint file or a run folder. The run's saved configuration is
-    used; only --total-steps, --device, --torch-threads, --eval-episodes, --save-every and
+    used; only --total-steps, --device, --torch-threads, --eval-episodes, --eval-every, --save-every and
     --progress may be changed."""
     eval_episodes: int = 100
     """Episodes of the final evaluation (0: skip it)."""
+    eval_every: int = 0
+    """Also evaluate every this many updates (32 episodes, most likely action), logged as
+    charts/eval_success_rate and charts/eval_return: a learning curve without the exploration noise
+    of the training episodes (0: only the final evaluation)."""
     eval_greedy: bool = True
     """Evaluate with the most likely action (--no-eval-greedy: sample from the policy, exploration
     floor included, as in training)."""
@@ -148,6 +152,7 @@ class TrainConfig:
             need(isinstance(value, int) and value > 0,
                  f"--{_flag(name)} must be a positive integer, got {value!r}")
         need(self.total_steps > 0, f"--total-steps must be positive, got {self.total_steps}")
+        need(self.eval_every >= 0, f"--eval-every must be >= 0, got {self.eval_every}")
         need(self.eval_episodes >= 0, f"--eval-episodes must be >= 0, got {self.eval_episodes}")
         need(self.torch_threads >= 0, f"--torch-threads must be >= 0, got {self.torch_threads}")
         need(self.num_steps % self.seq_len == 0,
@@ -213,8 +218,8 @@ class TrainConfig:
 
 
 # fields that --resume lets a person change
-RESUMABLE_OVERRIDES = ("total_steps", "device", "torch_threads", "eval_episodes", "save_every",
-                       "progress", "log_every", "eval_greedy")
+RESUMABLE_OVERRIDES = ("total_steps", "device", "torch_threads", "eval_episodes", "eval_every",
+                       "save_every", "progress", "log_every", "eval_greedy")
 
 
 def _flag(name: str) -> str:

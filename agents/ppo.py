@@ -429,6 +429,8 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
                      optimizer.param_groups[0]["lr"])
                 timers.reset()
                 seen = dict.fromkeys(seen, 0.0)
+            if cfg.eval_every and update_idx % cfg.eval_every == 0 and update_idx < cfg.num_updates:
+                interim_eval(logger, policy, cfg, device, global_step)
             progress = {"step": global_step, "update": update_idx, "sps": sps, "return": recent_return,
                         "success": recent_success}
             bar.update(cfg.batch_size)
@@ -469,6 +471,16 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
     logger.write_json("summary.json", summary)
     logger.close()
     return summary
+
+
+def interim_eval(logger: Logger, policy: ActorCritic, cfg: TrainConfig, device: torch.device, step: int) -> None:
+    """32 greedy episodes in fresh envs, logged as charts/eval_*; touches no training RNG."""
+    from agents.evaluate import evaluate
+
+    result = evaluate(policy, cfg, device, episodes=32, greedy=True, num_envs=32)
+    logger.scalar("charts/eval_return", result["return_mean"], step)
+    if result["success_rate"] is not None:
+        logger.scalar("charts/eval_success_rate", result["success_rate"], step)
 
 
 def _postfix(p: dict) -> str:
