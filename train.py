@@ -1,7 +1,9 @@
-"""Train a recurrent PPO agent on a memory task, or evaluate a checkpoint.
+"""Train a recurrent agent on a memory task, evaluate a checkpoint, or compare memory cores.
 
     python train.py [flags]                       # train (defaults: UR-LSTM on the passive T-maze)
     python train.py eval --checkpoint RUN_OR_FILE [--episodes N] [--video out.gif]
+    python train.py compare --cores lstm,urlstm --seeds 3 --sweep length=50,100 --out runs/NAME [train flags]
+    python train.py report runs/NAME              # report.md + report.png of a folder of runs
 
 This is the only module that parses flags: they are generated from ``agents.config.TrainConfig``,
 whose field docstrings are the help text. Bad input prints one line ``error: ...`` and exits with 2.
@@ -16,6 +18,7 @@ import inspect
 import json
 import os
 import random
+import shlex
 import sys
 import textwrap
 import time
@@ -264,8 +267,6 @@ def report(s: dict) -> str:
 
 
 def run_eval(argv: Sequence[str]) -> int:
-    import torch
-
     from agents import checkpoint as ckpt
     from agents.evaluate import evaluate, record_gif
 
@@ -303,6 +304,91 @@ def run_eval(argv: Sequence[str]) -> int:
     return 0
 
 
+def parse_compare(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Compare flags, and the train flags passed to every run (after ``--`` or unknown here)."""
+    argv = list(argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    own = argv[:argv.index("--")] if "--" in argv else argv
+    parser = _Parser(prog="train.py compare", allow_abbrev=False, description="Train every (core, sweep "
+                     "value, seed) as its own run under --out, at most --jobs at a time; rerun the same "
+                     "command to continue a stopped sweep. Other flags (or all flags after --) go to every "
+                     "run; {expression} in them is evaluated with the sweep variable, e.g. "
+                     "--num-steps '{length + 1}'. Writes report.md and report.png at the end.")
+    parser.add_argument("--env", default=TrainConfig.env, help=f"environment id (default: {TrainConfig.env})")
+    parser.add_argument("--env-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="fixed env keyword arguments of every run")
+    parser.add_argument("--cores", default="lstm,gru,urlstm,urgru,mlp",
+                        help="comma-separated cores (default: lstm,gru,urlstm,urgru,mlp)")
+    parser.add_argument("--seeds", default="3", help="number of seeds N (seeds 1..N) or a list such as "
+                        "1,2,5 (default: 3)")
+    parser.add_argument("--sweep", default=None, metavar="KEY=V1,V2,...",
+                        help="an env keyword and its values, e.g. length=50,100,250")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (default: 1; each run uses "
+                        "--torch-threads threads, 1 by default)")
+    parser.add_argument("--out", required=True, help="sweep folder (created; reused to continue)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="show a progress bar over the runs (default: on)")
+    args, unknown = parser.parse_known_args(own)
+    try:
+        seeds = [int(x) for x in args.seeds.split(",")]
+    except ValueError:
+        raise UsageError(f"--seeds takes a count or a comma-separated list of integers, got {args.seeds!r}")
+    args.seeds = list(range(1, seeds[0] + 1)) if len(seeds) == 1 else seeds
+    if not args.seeds or len(set(args.seeds)) != len(args.seeds):
+        raise UsageError(f"--seeds must give at least one seed and no repeats, got {args.seeds!r}")
+    args.cores = [c.strip() for c in args.cores.split(",") if c.strip()]
+    args.env_kwargs = parse_kwargs(args.env_kwargs)
+    return args, unknown + extra
+
+
+def run_compare(argv: Sequence[str]) -> int:
+    from agents import sweep
+
+    args, extra = parse_compare(argv)
+
+    def check(train_argv: Sequence[str]) -> None:
+        try:
+            parse_train(train_argv)
+        except UsageError as err:
+            raise ValueError(str(err)) from None
+
+    try:
+        result = sweep.compare(args.env, args.cores, args.seeds, args.sweep, args.env_kwargs, extra, args.out,
+                               jobs=args.jobs, progress=args.progress, check=check,
+                               command="python train.py compare " + " ".join(map(shlex.quote, argv)))
+    except sweep.SweepError as err:
+        raise UsageError(_one_line(err)) from None
+    except KeyboardInterrupt:
+        print(f"interrupted: run the same command again to continue the sweep in {args.out}", file=sys.stderr)
+        return 130
+    print(f"{result['done']}/{result['runs']} runs done in {args.out}")
+    if result["failed"]:
+        print(f"failed: {', '.join(result['failed'])} (logs: {args.out}/<name>.log; rerun the command to "
+              "redo them)")
+    if result["report"]:
+        print(f"report: {result['report']} and {os.path.join(args.out, 'report.png')}")
+    print(f"logs:   tensorboard --logdir {args.out}")
+    return 1 if result["failed"] else 0
+
+
+def run_report(argv: Sequence[str]) -> int:
+    from agents import report
+
+    parser = _Parser(prog="train.py report", description="Aggregate a folder of runs (train.py compare) into "
+                     "report.md, report.png/pdf and report.json.")
+    parser.add_argument("folder", help="the sweep folder (holding run folders)")
+    parser.add_argument("--key", default=None, help="the swept env keyword (default: from sweep.json, or "
+                        "the one env keyword that differs across runs)")
+    args = parser.parse_args(list(argv))
+    try:
+        md = report.write(args.folder, args.key)
+    except FileNotFoundError as err:
+        raise UsageError(_one_line(err)) from None
+    print(open(md).read(), end="")
+    print(f"written: {md}, {os.path.join(args.folder, 'report.png')}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from agents.checkpoint import CheckpointError
 
@@ -310,6 +396,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv[:1] == ["eval"]:
             return run_eval(argv[1:])
+        if argv[:1] == ["compare"]:
+            return run_compare(argv[1:])
+        if argv[:1] == ["report"]:
+            return run_report(argv[1:])
         if argv[:1] == ["train"]:
             argv = argv[1:]
         return run_train(argv)[0]

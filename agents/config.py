@@ -120,8 +120,8 @@ class TrainConfig:
     """Run folder name (default: <env>__<core>__s<seed>__<timestamp>)."""
     resume: str | None = None
     """Continue a stopped run: a checkpoint file or a run folder. The run's saved configuration is
-    used; only --total-steps, --device, --torch-threads, --eval-episodes, --eval-every, --save-every and
-    --progress may be changed."""
+    used; only --total-steps, --device, --torch-threads, --eval-episodes, --eval-every,
+    --save-every and --progress may be changed."""
     eval_episodes: int = 100
     """Episodes of the final evaluation (0: skip it)."""
     eval_every: int = 0

@@ -1,0 +1,326 @@
+"""Aggregate a folder of runs (``train.py compare``) into ``report.md``, ``report.png`` and ``report.pdf``.
+
+    python train.py report runs/NAME
+
+Per core and sweep value: final success (greedy evaluation at the end of each run) as the mean over
+seeds with a 95% percentile-bootstrap interval and the interquartile mean; the steps at which the
+success curve first reaches 0.9; SPS; the forget-gate statistics of the end of training. Per core:
+the **memory horizon**, the largest swept value solved (final success >= 0.9) by a majority of seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+SOLVED = 0.9
+_EPS = 1e-6  # TensorBoard stores float32: 0.9 comes back as 0.8999999762
+CURVE_TAGS = ("charts/eval_success_rate", "charts/success_rate")  # first present wins
+
+
+@dataclass
+class RunResult:
+    name: str
+    core: str
+    seed: int
+    env: str
+    env_kwargs: dict[str, Any]
+    status: str | None                         # None: no summary.json (unfinished)
+    final_success: float | None
+    final_return: float | None
+    sps: float | None
+    total_steps: int | None
+    curve: tuple[np.ndarray, np.ndarray] | None = None  # (steps [N], success [N])
+    curve_tag: str | None = None
+    memory: dict[str, float] = field(default_factory=dict)  # last memory/ scalars
+
+
+# ---------------------------------------------------------------------------------------------
+# statistics
+# ---------------------------------------------------------------------------------------------
+
+def bootstrap_ci(x: Sequence[float], n_boot: int = 10_000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap interval of the mean of ``x`` (a single value gives (x, x))."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.size == 0:
+        return math.nan, math.nan
+    if x.size == 1 or np.all(x == x[0]):
+        return float(x[0]), float(x[0])
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def iqm(x: Sequence[float]) -> float:
+    """Interquartile mean: the mean of the middle 50% (floor(n/4) values cut at each end)."""
+    x = np.sort(np.asarray(x, dtype=np.float64))
+    k = x.size // 4
+    return float(x[k:x.size - k].mean()) if x.size else math.nan
+
+
+def steps_to(steps: np.ndarray, values: np.ndarray, threshold: float = SOLVED) -> int | None:
+    """First logged step at which ``values`` reaches ``threshold`` (None: never)."""
+    hit = np.flatnonzero(np.asarray(values) >= threshold - _EPS)
+    return int(steps[hit[0]]) if hit.size else None
+
+
+def horizon(success_by_value: dict[Any, Sequence[float]], threshold: float = SOLVED) -> Any:
+    """Largest value whose runs reach ``threshold`` on a strict majority of seeds (None: none)."""
+    solved = [v for v, xs in success_by_value.items()
+              if len(xs) and 2 * sum(x >= threshold - _EPS for x in xs) > len(xs)]
+    return max(solved) if solved else None
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------------------------
+
+def _read_json(file: str) -> dict | None:
+    try:
+        with open(file) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _scalars(run_dir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(run_dir, size_guidance={"scalars": 0, "histograms": 1, "tensors": 1})
+    acc.Reload()
+    out = {}
+    for tag in acc.Tags().get("scalars", []):
+        if tag in CURVE_TAGS or tag.startswith("memory/"):
+            events = acc.Scalars(tag)
+            steps = np.array([e.step for e in events], dtype=np.int64)
+            values = np.array([e.value for e in events], dtype=np.float64)
+            order = np.argsort(steps, kind="stable")  # a resumed run appends after a purge
+            out[tag] = (steps[order], values[order])
+    return out
+
+
+def load_runs(folder: str) -> list[RunResult]:
+    """Every run folder (one holding config.json) directly under ``folder``."""
+    runs = []
+    for name in sorted(os.listdir(folder)):
+        run_dir = os.path.join(folder, name)
+        cfg = _read_json(os.path.join(run_dir, "config.json"))
+        if cfg is None:
+            continue
+        summary = _read_json(os.path.join(run_dir, "summary.json")) or {}
+        r = RunResult(name=name, core=cfg["core"], seed=cfg["seed"], env=cfg["env"],
+                      env_kwargs=cfg.get("env_kwargs") or {}, status=summary.get("status"),
+                      final_success=summary.get("final_success_rate"), final_return=summary.get("final_return"),
+                      sps=summary.get("sps"), total_steps=summary.get("total_steps"))
+        scalars = _scalars(run_dir)
+        for tag in CURVE_TAGS:
+            if tag in scalars and scalars[tag][0].size:
+                r.curve, r.curve_tag = scalars[tag], tag
+                break
+        r.memory = {tag[len("memory/"):]: float(v[-1]) for tag, (s, v) in scalars.items()
+                    if tag.startswith("memory/") and v.size}
+        runs.append(r)
+    return runs
+
+
+def sweep_key(folder: str, runs: Sequence[RunResult]) -> str | None:
+    """The swept env keyword: from sweep.json, else the one env kwarg whose value differs across runs."""
+    meta = _read_json(os.path.join(folder, "sweep.json"))
+    if meta is not None:
+        return meta.get("sweep_key")
+    keys = {k for r in runs for k in r.env_kwargs}
+    varying = [k for k in sorted(keys) if len({repr(r.env_kwargs.get(k)) for r in runs}) > 1]
+    return varying[0] if len(varying) == 1 else None
+
+
+# ---------------------------------------------------------------------------------------------
+# aggregation
+# ---------------------------------------------------------------------------------------------
+
+def aggregate(runs: Sequence[RunResult], key: str | None) -> dict:
+    """{"cores": [...], "values": [...], "cells": {(core, value): stats}, "horizon": {core: value}}."""
+    finished = [r for r in runs if r.status is not None and r.status.startswith(("finished", "diverged"))]
+    cores = list(dict.fromkeys(r.core for r in runs))
+    values = sorted({r.env_kwargs.get(key) for r in runs} if key else {None}, key=_sort_key)
+    cells = {}
+    for core in cores:
+        for value in values:
+            group = [r for r in finished if r.core == core and (key is None or r.env_kwargs.get(key) == value)]
+            pending = sum(1 for r in runs if r.core == core and r not in finished
+                          and (key is None or r.env_kwargs.get(key) == value))
+            succ = [0.0 if r.final_success is None and r.status.startswith("diverged") else r.final_success
+                    for r in group]
+            succ = [s for s in succ if s is not None]
+            reach = [steps_to(*r.curve) if r.curve is not None else None for r in group]
+            reached = [s for s in reach if s is not None]
+            lo, hi = bootstrap_ci(succ)
+            cells[(core, value)] = {
+                "seeds": len(group), "pending": pending, "success": succ,
+                "mean": float(np.mean(succ)) if succ else math.nan, "ci": (lo, hi), "iqm": iqm(succ),
+                "steps_to_solve": float(np.median(reached)) if reached else None,
+                "solved_seeds": len(reached), "steps": max((r.total_steps or 0) for r in group) if group else None,
+                "sps": float(np.mean([r.sps for r in group if r.sps])) if any(r.sps for r in group) else math.nan,
+                "timescale": _mean(r.memory.get("timescale_mean") for r in group),
+                "gate": _mean(r.memory.get("gate_mean") for r in group),
+            }
+    hz = {core: horizon({v: cells[(core, v)]["success"] for v in values if v is not None}) for core in cores}
+    return {"cores": cores, "values": values, "cells": cells, "horizon": hz, "key": key}
+
+
+def _mean(xs) -> float:
+    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    return float(np.mean(xs)) if xs else math.nan
+
+
+def _sort_key(v: Any):
+    return (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v))
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+# ---------------------------------------------------------------------------------------------
+
+def markdown(agg: dict, runs: Sequence[RunResult], folder: str) -> str:
+    key = agg["key"]
+    env = runs[0].env if runs else "?"
+    tags = sorted({r.curve_tag for r in runs if r.curve_tag})
+    lines = [f"# {env}: memory cores compared", "",
+             f"{len(runs)} runs in `{folder}`. Success: greedy evaluation at the end of each run, mean over "
+             f"seeds [95% bootstrap interval], IQM = interquartile mean. Steps to {SOLVED}: median over the "
+             f"seeds whose curve ({', '.join(tags) or 'none'}) reached {SOLVED} (k/n seeds). Timescale: "
+             "mean 1/(1 - forget gate) over units at the end of training; gate: mean forget gate.", ""]
+    head = ([key] if key else []) + ["core", "seeds", "success", "95% CI", "IQM", f"steps to {SOLVED}",
+                                     "steps", "SPS", "gate", "timescale"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for value in agg["values"]:
+        for core in agg["cores"]:
+            c = agg["cells"][(core, value)]
+            if not c["seeds"] and not c["pending"]:
+                continue
+            seeds = f"{c['seeds']}" + (f" (+{c['pending']} unfinished)" if c["pending"] else "")
+            reach = ("-" if c["steps_to_solve"] is None else f"{c['steps_to_solve']:,.0f}") + \
+                f" ({c['solved_seeds']}/{c['seeds']})"
+            row = ([str(value)] if key else []) + [
+                f"`{core}`", seeds, _f(c["mean"]), f"[{_f(c['ci'][0])}, {_f(c['ci'][1])}]", _f(c["iqm"]), reach,
+                "-" if c["steps"] is None else f"{c['steps']:,}", _f(c["sps"], ",.0f"), _f(c["gate"]),
+                _f(c["timescale"], ".1f")]
+            lines.append("| " + " | ".join(row) + " |")
+    if key:
+        lines += ["", f"**Memory horizon** (largest {key} solved, success >= {SOLVED} on a majority of seeds):", ""]
+        lines += ["| core | horizon |", "|---|---|"]
+        for core in agg["cores"]:
+            h = agg["horizon"][core]
+            lines.append(f"| `{core}` | {'none' if h is None else h} |")
+    lines += ["", "Figure: `report.png` (learning curves with 95% bootstrap bands; success versus "
+              f"{key or 'run'})."]
+    return "\n".join(lines) + "\n"
+
+
+def _f(x: float | None, fmt: str = ".2f") -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+def curve_band(curves: Sequence[tuple[np.ndarray, np.ndarray]], points: int = 100, n_boot: int = 2000
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Seeds' curves on one step grid (up to the shortest run): (steps, mean, lower, upper)."""
+    end = min(s[-1] for s, _ in curves)
+    start = max(s[0] for s, _ in curves)
+    grid = np.linspace(start, end, points) if end > start else np.array([end], dtype=np.float64)
+    ys = np.stack([np.interp(grid, s, v) for s, v in curves])  # [seeds, points]
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, len(curves), size=(n_boot, len(curves)))
+    means = ys[idx].mean(axis=1)  # [n_boot, points]
+    lo, hi = np.quantile(means, [0.025, 0.975], axis=0)
+    return grid, ys.mean(axis=0), lo, hi
+
+
+def figure(agg: dict, runs: Sequence[RunResult], file_png: str) -> list[str]:
+    """Learning curves per sweep value and success versus the swept value; writes PNG and PDF."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key, values, cores = agg["key"], agg["values"], agg["cores"]
+    panels = len(values) + (1 if key else 0)
+    cols = min(panels, 4)
+    rows = -(-panels // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows), squeeze=False)
+    colors = {core: plt.cm.tab10(i % 10) for i, core in enumerate(cores)}
+    for ax, value in zip(axes.flat, values):
+        for core in cores:
+            curves = [r.curve for r in runs if r.core == core and r.curve is not None and r.curve[0].size > 1
+                      and (key is None or r.env_kwargs.get(key) == value)]
+            if not curves:
+                continue
+            x, mean, lo, hi = curve_band(curves)
+            ax.plot(x, mean, color=colors[core], label=f"{core} ({len(curves)})", lw=1.4)
+            ax.fill_between(x, lo, hi, color=colors[core], alpha=0.2, lw=0)
+        ax.set_title(f"{key} = {value}" if key else "learning curves", fontsize=9)
+        ax.set_xlabel("environment steps", fontsize=8)
+        ax.set_ylabel("success", fontsize=8)
+        ax.set_ylim(-0.03, 1.03)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    if key:
+        ax = axes.flat[len(values)]
+        for core in cores:
+            xs, ms, los, his = [], [], [], []
+            for value in values:
+                c = agg["cells"][(core, value)]
+                if c["success"]:
+                    xs.append(value), ms.append(c["mean"]), los.append(c["ci"][0]), his.append(c["ci"][1])
+            if xs:
+                ms, los, his = np.array(ms), np.array(los), np.array(his)
+                ax.errorbar(xs, ms, yerr=[ms - los, his - ms], color=colors[core], marker="o", ms=3,
+                            capsize=2, lw=1.2, label=core)
+        if all(isinstance(v, (int, float)) and v > 0 for v in values) and max(values) / min(values) >= 8:
+            ax.set_xscale("log")
+        ax.set_title(f"final success vs {key}", fontsize=9)
+        ax.set_xlabel(key, fontsize=8)
+        ax.set_ylabel("success (greedy eval)", fontsize=8)
+        ax.set_ylim(-0.03, 1.03)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[panels:]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if key:
+        handles, labels = axes.flat[len(values)].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8, frameon=False)
+    fig.suptitle(f"{runs[0].env}: mean over seeds, 95% bootstrap bands", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.96))
+    file_pdf = os.path.splitext(file_png)[0] + ".pdf"
+    fig.savefig(file_png, dpi=130)
+    fig.savefig(file_pdf)
+    plt.close(fig)
+    return [file_png, file_pdf]
+
+
+def write(folder: str, key: str | None = None) -> str:
+    """Write report.md, report.png, report.pdf and report.json into ``folder``; returns report.md's path."""
+    from agents.logger import write_json
+
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"no such folder: {folder}")
+    runs = load_runs(folder)
+    if not runs:
+        raise FileNotFoundError(f"no run folders (with config.json) in {folder}")
+    key = key or sweep_key(folder, runs)
+    agg = aggregate(runs, key)
+    figure(agg, runs, os.path.join(folder, "report.png"))
+    md = os.path.join(folder, "report.md")
+    with open(md + ".tmp", "w") as f:
+        f.write(markdown(agg, runs, folder))
+    os.replace(md + ".tmp", md)
+    write_json(os.path.join(folder, "report.json"), {
+        "key": key, "horizon": agg["horizon"],
+        "cells": [{"core": core, key or "value": value, **{k: v for k, v in c.items()}}
+                  for (core, value), c in agg["cells"].items()]})
+    return md

@@ -1,0 +1,84 @@
+"""Aggregation of a folder of runs: statistics, memory horizon, and report files from synthetic runs."""
+
+import json
+
+import numpy as np
+import pytest
+
+from agents import report
+from agents.logger import write_json
+
+
+def test_bootstrap_ci_brackets_the_mean_and_collapses_for_constant_data():
+    assert report.bootstrap_ci([0.7, 0.7, 0.7]) == (0.7, 0.7)
+    assert report.bootstrap_ci([0.3]) == (0.3, 0.3)
+    lo, hi = report.bootstrap_ci([0.0, 1.0, 1.0, 0.0, 1.0])
+    assert 0.0 <= lo < 0.6 < hi <= 1.0
+    x = np.random.default_rng(1).normal(5.0, 1.0, size=400)
+    lo, hi = report.bootstrap_ci(x)  # 95% interval of the mean: about mean +- 1.96 / sqrt(400)
+    assert hi - lo == pytest.approx(2 * 1.96 / 20, rel=0.15) and lo < x.mean() < hi
+
+
+def test_iqm_cuts_a_quarter_at_each_end():
+    assert report.iqm([1, 2, 3, 4, 100, 200, 300, 400]) == pytest.approx((3 + 4 + 100 + 200) / 4)
+    assert report.iqm([3, 1, 2]) == 2.0  # fewer than 4 values: nothing cut
+    assert report.iqm([0, 1, 1, 10]) == 1.0
+
+
+def test_steps_to_threshold_and_horizon():
+    steps = np.array([100, 200, 300, 400])
+    assert report.steps_to(steps, np.array([0.1, 0.95, 0.5, 1.0])) == 200
+    assert report.steps_to(steps, np.array([0.1, 0.2, 0.3, 0.89])) is None
+    by_length = {50: [1.0, 1.0, 0.0], 100: [1.0, 0.0, 0.0], 250: [0.95, 0.92, 0.1], 500: [0.9, 0.0]}
+    assert report.horizon(by_length) == 250  # 500: 1 of 2 seeds is not a majority
+    assert report.horizon({50: [0.5, 0.5]}) is None
+
+
+def _fake_run(folder, core, length, seed, success, curve):
+    from torch.utils.tensorboard import SummaryWriter
+
+    run_dir = folder / f"{core}__length{length}__s{seed}"
+    run_dir.mkdir()
+    write_json(str(run_dir / "config.json"), {"core": core, "seed": seed, "env": "urlstm/TMazePassive-v0",
+                                              "env_kwargs": {"length": length}})
+    write_json(str(run_dir / "summary.json"), {"status": "finished", "final_success_rate": success,
+                                               "final_return": success, "sps": 1000.0 * seed,
+                                               "total_steps": 400})
+    with SummaryWriter(str(run_dir)) as w:
+        for step, value in curve:
+            w.add_scalar("charts/eval_success_rate", value, step)
+        w.add_scalar("memory/timescale_mean", 10.0 * seed, 400)
+
+
+def test_report_of_synthetic_runs(tmp_path):
+    finals = {("lstm", 50): [1.0, 1.0, 0.9], ("lstm", 100): [0.5, 0.4, 1.0],
+              ("urlstm", 50): [1.0, 1.0, 1.0], ("urlstm", 100): [1.0, 0.95, 0.2]}
+    for (core, length), values in finals.items():
+        for seed, final in enumerate(values, start=1):
+            # reaches 0.9 at step 100 * seed when the run ends solved
+            curve = [(100 * k, final if k >= seed else 0.0) for k in range(1, 5)]
+            _fake_run(tmp_path, core, length, seed, final, curve)
+    (tmp_path / "broken").mkdir()  # not a run folder: ignored
+    md = report.write(str(tmp_path))
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["key"] == "length"  # inferred: the one env kwarg that varies
+    assert data["horizon"] == {"lstm": 50, "urlstm": 100}
+    cells = {(c["core"], c["length"]): c for c in data["cells"]}
+    assert cells[("lstm", 100)]["mean"] == pytest.approx(np.mean([0.5, 0.4, 1.0]))
+    assert cells[("lstm", 100)]["ci"] == list(report.bootstrap_ci([0.5, 0.4, 1.0]))
+    assert cells[("urlstm", 50)]["ci"] == [1.0, 1.0]
+    assert cells[("lstm", 50)]["steps_to_solve"] == 200 and cells[("lstm", 50)]["solved_seeds"] == 3
+    assert cells[("lstm", 100)]["solved_seeds"] == 1 and cells[("lstm", 100)]["steps_to_solve"] == 300
+    assert cells[("urlstm", 100)]["sps"] == pytest.approx(2000.0)
+    assert cells[("urlstm", 100)]["timescale"] == pytest.approx(20.0)
+    text = open(md).read()
+    assert "| 100 | `urlstm` | 3 | 0.72 |" in text and "| `lstm` | 50 |" in text
+    for name in ("report.png", "report.pdf"):
+        assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_report_of_an_empty_folder_is_a_clear_error(tmp_path, capsys):
+    import train
+
+    assert train.main(["report", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: no run folders (with config.json) in {tmp_path}"

@@ -1,0 +1,91 @@
+"""`train.py compare`: sweep parsing, templates, bad input, and a tiny real sweep that is resumed."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+import train
+from agents import sweep
+
+TINY = ["--num-envs", "4", "--num-steps", "{length + 1}", "--seq-len", "{length + 1}",
+        "--num-minibatches", "2", "--update-epochs", "1", "--hidden-size", "16", "--embed-size", "16",
+        "--total-steps", "{8 * (length + 1)}", "--eval-episodes", "4", "--eval-every", "1", "--device", "cpu"]
+
+
+def test_parse_sweep():
+    assert sweep.parse_sweep("length=50,100, 250") == ("length", [50, 100, 250])
+    assert sweep.parse_sweep("mode=a,b") == ("mode", ["a", "b"])
+    assert sweep.parse_sweep(None) == (None, [None])
+    for bad in ("length", "=1,2", "length=", "length=1,,2", "length=1,1", "2x=1"):
+        with pytest.raises(sweep.SweepError):
+            sweep.parse_sweep(bad)
+
+
+def test_render_templates():
+    assert sweep.render("{length + 1}", {"length": 100}) == "101"
+    assert sweep.render("{max(1_000_000, 2000 * length)}", {"length": 1000}) == "2000000"
+    assert sweep.render("{length / 2}", {"length": 5}) == "2.5"
+    assert sweep.render("x{length}y{length*2}", {"length": 3}) == "x3y6"
+    assert sweep.render("no braces", {}) == "no braces"
+    for bad in ("{__import__('os')}", "{other + 1}", "{length.real}", "{length +}"):
+        with pytest.raises(sweep.SweepError):
+            sweep.render(bad, {"length": 3})
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--sweep", "length"], "--sweep takes KEY=V1,V2"),
+    (["--cores", "lstm,nope"], "unknown core 'nope'"),
+    (["--seeds", "a"], "--seeds takes a count"),
+    (["--sweep", "length=4", "--", "--num-steps", "{length}", "--seq-len", "3"],
+     "run lstm__length4__s1: --num-steps (4) must be a multiple of --seq-len (3)"),
+    (["--sweep", "length=4", "--", "--num-steps", "{lenght}"], "only numbers, length"),
+    (["--", "--seed", "3"], "set by compare itself"),
+    (["--jobs", "0"], "--jobs must be >= 1"),
+])
+def test_bad_compare_input_is_one_line_and_exit_code_2(argv, message, tmp_path, capsys):
+    assert train.main(["compare", "--cores", "lstm", "--out", str(tmp_path / "s"), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+    assert not os.path.exists(tmp_path / "s" / "lstm__length4__s1")
+
+
+def test_tiny_sweep_end_to_end_then_resumed(tmp_path, capsys):
+    out = str(tmp_path / "sweep")
+    argv = ["compare", "--cores", "lstm,mlp", "--seeds", "2", "--sweep", "length=3,5", "--jobs", "2",
+            "--out", out, "--no-progress", "--", *TINY]
+    # one run was stopped earlier (checkpoint, status "interrupted"): the sweep resumes it
+    name = "lstm__length3__s1"
+    plan = sweep.plan("urlstm/TMazePassive-v0", ["lstm"], [1], "length", [3], {}, TINY, out)
+    code, summary = train.run_train(plan[0].argv, stop=lambda update: update >= 1)
+    assert summary["status"] == "interrupted" and summary["total_steps"] == 16
+
+    assert train.main(argv) == 0
+    names = sorted(d for d in os.listdir(out) if os.path.isdir(os.path.join(out, d)))
+    assert names == ["lstm__length3__s1", "lstm__length3__s2", "lstm__length5__s1", "lstm__length5__s2",
+                     "mlp__length3__s1", "mlp__length3__s2", "mlp__length5__s1", "mlp__length5__s2"]
+    for d in names:
+        s = json.loads(open(os.path.join(out, d, "summary.json")).read())
+        assert s["status"] == "finished" and s["final_eval_episodes"] == 4
+    assert json.loads(open(os.path.join(out, name, "summary.json")).read())["total_steps"] == 32
+    assert os.path.exists(os.path.join(out, name, "config_resumed.json"))  # resumed, not redone
+    data = json.loads(open(os.path.join(out, "report.json")).read())
+    assert data["key"] == "length" and set(data["horizon"]) == {"lstm", "mlp"}
+    assert os.path.getsize(os.path.join(out, "report.png")) > 1000
+    assert "8/8 runs done" in capsys.readouterr().out
+
+    # a second invocation skips finished runs; a broken run (no summary, no checkpoint) is set aside and redone
+    broken = os.path.join(out, "mlp__length5__s2")
+    os.remove(os.path.join(broken, "summary.json"))
+    os.remove(os.path.join(broken, "checkpoint.pt"))
+    before = {d: os.path.getmtime(os.path.join(out, d, "summary.json")) for d in names if d != "mlp__length5__s2"}
+    assert train.main(argv) == 0
+    after = {d: os.path.getmtime(os.path.join(out, d, "summary.json")) for d in before}
+    assert before == after
+    assert json.loads(open(os.path.join(broken, "summary.json")).read())["status"] == "finished"
+    assert len(os.listdir(os.path.join(out, "broken"))) == 1
+
+    # the folder remembers its settings: other train flags need another --out
+    assert train.main([*argv[:-len(TINY)], *TINY[:-2], "--device", "auto"]) == 2
+    shutil.rmtree(out)
