@@ -122,3 +122,45 @@ def record_gif(policy: ActorCritic, cfg, device: torch.device, file: str, greedy
         images.append(img)
     images[0].save(file, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
     return {"file": file, "frames": len(images), "return": total, "length": length, "success": success}
+
+
+def finish_run(cfg, policy: ActorCritic, device: torch.device, logger, *, algo: str, status: str,
+               stats, global_step: int, updates: int, wall: float, best_success: float | None,
+               checkpoint: str, run_dir: str, perf_s: dict, extra: dict | None = None) -> dict:
+    """The end of a training run, shared by the learners: the final evaluation (finished runs
+    only, ``cfg.eval_episodes`` episodes), its TensorBoard scalars, and ``summary.json``.
+
+    Args:
+        logger: the run's ``agents.logger.Logger`` (closed here).
+        stats: the run's ``EpisodeStats`` (its last 100 training episodes go in the summary).
+        wall: wall-clock seconds of the whole run (resumed parts included).
+        perf_s: seconds per activity (env, inference, learn, ...).
+        extra: learner-specific summary entries, appended.
+
+    Returns:
+        The summary dict (also written to ``run_dir/summary.json``).
+    """
+    recent_return, recent_success = stats.recent()
+    final_eval = None
+    if status == "finished" and cfg.eval_episodes > 0:
+        final_eval = evaluate(policy, cfg, device, episodes=cfg.eval_episodes, greedy=cfg.eval_greedy)
+        logger.scalar("charts/eval_return", final_eval["return_mean"], global_step)
+        if final_eval["success_rate"] is not None:
+            logger.scalar("charts/eval_success_rate", final_eval["success_rate"], global_step)
+            s = final_eval["success_rate"]
+            best_success = s if best_success is None else max(best_success, s)
+    summary = {
+        "env": cfg.env, "env_kwargs": cfg.env_kwargs, "core": cfg.core, "algo": algo, "seed": cfg.seed,
+        "status": status, "total_steps": global_step, "updates": updates,
+        "wall_time_s": round(wall, 2), "sps": round(global_step / max(wall, 1e-9), 1),
+        "final_success_rate": final_eval["success_rate"] if final_eval else None,
+        "final_return": final_eval["return_mean"] if final_eval else recent_return,
+        "final_eval_episodes": final_eval["episodes"] if final_eval else 0,
+        "train_success_rate": recent_success, "train_return": recent_return,
+        "best_success_rate": best_success, "checkpoint": checkpoint, "run_dir": run_dir,
+        "perf_s": {k: round(v, 3) for k, v in perf_s.items()},
+        **(extra or {}),
+    }
+    logger.write_json("summary.json", summary)
+    logger.close()
+    return summary

@@ -358,7 +358,7 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
     """
     from tqdm import tqdm
 
-    from agents.evaluate import evaluate
+    from agents.evaluate import evaluate, finish_run
 
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
     ro = Rollout(cfg, policy, device)
@@ -443,34 +443,12 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
                 status = "interrupted"
                 break
     bar.close()
-    diverged = status.startswith("diverged")
-    checkpoint_path = ckpt.path(run_dir)
-    if not diverged:
-        checkpoint_path = save()
+    checkpoint_path = ckpt.path(run_dir) if status.startswith("diverged") else save()
     wall = wall_before + time.perf_counter() - start
-    recent_return, recent_success = stats.recent()
-    final_eval = None
-    if status == "finished" and cfg.eval_episodes > 0:
-        final_eval = evaluate(policy, cfg, device, episodes=cfg.eval_episodes, greedy=cfg.eval_greedy)
-        logger.scalar("charts/eval_return", final_eval["return_mean"], global_step)
-        if final_eval["success_rate"] is not None:
-            logger.scalar("charts/eval_success_rate", final_eval["success_rate"], global_step)
-            s = final_eval["success_rate"]
-            best_success = s if best_success is None else max(best_success, s)
-    summary = {
-        "env": cfg.env, "env_kwargs": cfg.env_kwargs, "core": cfg.core, "algo": "ppo", "seed": cfg.seed,
-        "status": status, "total_steps": global_step, "updates": update_idx,
-        "wall_time_s": round(wall, 2), "sps": round(global_step / max(wall, 1e-9), 1),
-        "final_success_rate": final_eval["success_rate"] if final_eval else None,
-        "final_return": final_eval["return_mean"] if final_eval else recent_return,
-        "final_eval_episodes": final_eval["episodes"] if final_eval else 0,
-        "train_success_rate": recent_success, "train_return": recent_return,
-        "best_success_rate": best_success, "checkpoint": checkpoint_path, "run_dir": run_dir,
-        "perf_s": {k: round(v, 3) for k, v in totals.items()},
-    }
-    logger.write_json("summary.json", summary)
-    logger.close()
-    return summary
+    return finish_run(cfg, policy, device, logger, algo="ppo", status=status, stats=stats,
+                      global_step=global_step, updates=update_idx, wall=wall,
+                      best_success=best_success, checkpoint=checkpoint_path, run_dir=run_dir,
+                      perf_s=totals)
 
 
 def interim_eval(logger: Logger, policy: ActorCritic, cfg: TrainConfig, device: torch.device, step: int) -> None:
