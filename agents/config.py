@@ -104,6 +104,9 @@ class TrainConfig:
     """IMPALA: V-trace clip of the importance weights (rho-bar)."""
     vtrace_c_bar: float = 1.0
     """IMPALA: V-trace clip of the trace coefficients (c-bar)."""
+    vtrace_lambda: float = 1.0
+    """IMPALA: V-trace's lambda, a factor on the trace coefficients (1: the paper's n-step targets;
+    0.95: TD(lambda) targets and advantages, as GAE's lambda in PPO, with less variance)."""
 
     # --- run --------------------------------------------------------------------------------------
     seed: int = 1
@@ -187,6 +190,8 @@ class TrainConfig:
              f"--max-policy-lag must be >= 0 (or none), got {self.max_policy_lag}")
         need(self.vtrace_rho_bar > 0 and self.vtrace_c_bar > 0,
              "--vtrace-rho-bar and --vtrace-c-bar must be positive")
+        need(0.0 <= self.vtrace_lambda <= 1.0,
+             f"--vtrace-lambda must be in [0, 1], got {self.vtrace_lambda}")
 
     @property
     def num_sequences(self) -> int:

@@ -91,7 +91,7 @@ def update(policy: ActorCritic, optimizer: torch.optim.Optimizer, b: Batch,
     logp, entropy, values = logp[:T], entropy[:T], value[:T]                # [T, N]
     vs, pg_adv = vtrace(b.logprobs, logp.detach(), b.rewards, values.detach(), b.terminated,
                         b.truncated, value[T].detach(), b.final_values, cfg.gamma,
-                        cfg.vtrace_rho_bar, cfg.vtrace_c_bar)
+                        cfg.vtrace_rho_bar, cfg.vtrace_c_bar, cfg.vtrace_lambda)
     if cfg.norm_adv:  # as PPO does: scale-free policy gradients (small shaped rewards)
         pg_adv = (pg_adv - pg_adv.mean()) / (pg_adv.std() + 1e-8)
     pg_loss = -(pg_adv * logp).mean()

@@ -70,11 +70,12 @@ def vtrace(
     gamma: float,
     rho_bar: float = 1.0,
     c_bar: float = 1.0,
+    lam: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """V-trace targets and policy-gradient advantages (Espeholt et al. 2018, eq. 1 and section 4.2).
 
-    With ``rho_t = min(rho_bar, pi/mu)`` and ``c_t = min(c_bar, pi/mu)`` (pi: target policy, mu:
-    behaviour policy), ``delta_t = rho_t (r_t + gamma_t V_next(t) - V(x_t))`` and
+    With ``rho_t = min(rho_bar, pi/mu)`` and ``c_t = lam * min(c_bar, pi/mu)`` (pi: target policy,
+    mu: behaviour policy), ``delta_t = rho_t (r_t + gamma_t V_next(t) - V(x_t))`` and
 
         v_s = V(x_s) + sum_{t=s}^{e} gamma^{t-s} (prod_{i=s}^{t-1} c_i) delta_t
 
@@ -98,6 +99,8 @@ def vtrace(
         gamma: discount.
         rho_bar: clip of the importance weights in the TD errors and the policy gradient.
         c_bar: clip of the trace coefficients.
+        lam: the paper's lambda (its remark 2), a factor on every trace coefficient: 1 gives the
+            n-step return on-policy, lam < 1 the TD(lambda) return (GAE's lambda), lower variance.
 
     Returns:
         (vs [T, B] value targets, pg_advantages [T, B]).
@@ -120,11 +123,13 @@ def vtrace(
                          f"expected [B] = {shape[1:]}")
     if not (rho_bar > 0 and c_bar > 0):
         raise ValueError(f"vtrace: rho_bar ({rho_bar}) and c_bar ({c_bar}) must be positive")
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"vtrace: lam ({lam}) must be in [0, 1]")
 
     num_steps = shape[0]
     ratio = (target_logprobs - behaviour_logprobs).exp()                  # [T, B]
     rho = ratio.clamp(max=rho_bar)                                        # [T, B]
-    c = ratio.clamp(max=c_bar)                                            # [T, B]
+    c = lam * ratio.clamp(max=c_bar)                                      # [T, B]
     zero = torch.zeros_like(values)
     if final_values is None:
         final_values = zero

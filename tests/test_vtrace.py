@@ -10,8 +10,9 @@ from agents.returns import gae, vtrace
 
 
 def brute_force_vtrace(mu_logp, pi_logp, rewards, values, terminated, truncated, bootstrap,
-                       final_values, gamma, rho_bar, c_bar):
-    """v_s = V(x_s) + sum_{t=s}^{e} gamma^{t-s} (prod_{i=s}^{t-1} c_i) delta_t V, written as loops.
+                       final_values, gamma, rho_bar, c_bar, lam=1.0):
+    """v_s = V(x_s) + sum_{t=s}^{e} gamma^{t-s} (prod_{i=s}^{t-1} c_i) delta_t V, written as loops,
+    with c_i = lam min(c_bar, pi/mu) (the paper's remark 2).
 
     delta_t V = rho_t (r_t + gamma_t V(x_{t+1}) - V(x_t)); gamma_t = 0 after a termination; the next
     value is the final observation's after a truncation and the bootstrap value after the last step;
@@ -38,7 +39,7 @@ def brute_force_vtrace(mu_logp, pi_logp, rewards, values, terminated, truncated,
             for t in range(s, T):
                 trace = gamma ** (t - s)
                 for i in range(s, t):
-                    trace *= min(c_bar, ratio(i, b))
+                    trace *= lam * min(c_bar, ratio(i, b))
                 delta = min(rho_bar, ratio(t, b)) * (float(rewards[t, b]) + gamma * next_value(t, b)
                                                      - float(values[t, b]))
                 total += trace * delta
@@ -69,9 +70,9 @@ def random_unroll(T, B, seed, p_end=0.15, dtype=torch.float64):
                 terminated=terminated, truncated=truncated, bootstrap=r(B), final_values=r(T, B))
 
 
-def call(u, gamma, rho_bar, c_bar):
+def call(u, gamma, rho_bar, c_bar, lam=1.0):
     return vtrace(u["mu_logp"], u["pi_logp"], u["rewards"], u["values"], u["terminated"],
-                  u["truncated"], u["bootstrap"], u["final_values"], gamma, rho_bar, c_bar)
+                  u["truncated"], u["bootstrap"], u["final_values"], gamma, rho_bar, c_bar, lam)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -81,6 +82,16 @@ def test_vtrace_matches_brute_force(seed, gamma, rho_bar, c_bar):
     u = random_unroll(9, 4, seed)
     vs, adv = call(u, gamma, rho_bar, c_bar)
     ref_vs, ref_adv = brute_force_vtrace(*u.values(), gamma, rho_bar, c_bar)
+    torch.testing.assert_close(vs, ref_vs)
+    torch.testing.assert_close(adv, ref_adv)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("lam,c_bar", [(0.95, 1.0), (0.5, 2.0), (0.0, 1.0)])
+def test_vtrace_lambda_matches_brute_force(seed, lam, c_bar):
+    u = random_unroll(9, 4, seed)
+    vs, adv = call(u, 0.97, 1.0, c_bar, lam)
+    ref_vs, ref_adv = brute_force_vtrace(*u.values(), 0.97, 1.0, c_bar, lam)
     torch.testing.assert_close(vs, ref_vs)
     torch.testing.assert_close(adv, ref_adv)
 
@@ -130,6 +141,16 @@ def test_on_policy_vtrace_is_the_lambda_one_return():
     torch.testing.assert_close(vs, returns)
 
 
+def test_on_policy_vtrace_with_lambda_is_the_gae_return():
+    """With pi == mu, v_s is GAE's return with the same lambda."""
+    u = random_unroll(10, 5, 12)
+    u["pi_logp"] = u["mu_logp"].clone()
+    vs, _ = call(u, 0.95, 1.0, 1.0, lam=0.9)
+    _, returns = gae(u["rewards"], u["values"], u["terminated"], u["truncated"], u["bootstrap"],
+                     u["final_values"], 0.95, 0.9)
+    torch.testing.assert_close(vs, returns)
+
+
 def test_float32_and_no_grad():
     u = random_unroll(5, 2, 5, dtype=torch.float32)
     u["pi_logp"].requires_grad_(True)
@@ -157,3 +178,5 @@ def test_rewards_must_be_time_major_2d():
 def test_non_positive_clip_raises():
     with pytest.raises(ValueError, match="positive"):
         call(random_unroll(3, 2, 0), 0.99, 0.0, 1.0)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        call(random_unroll(3, 2, 0), 0.99, 1.0, 1.0, lam=1.5)
