@@ -15,6 +15,11 @@ Observation float32 [2]: ``[0, goal_y]`` when the cue is shown, ``[0, 0]`` in th
 correct goal cell, else 0 (that is ``success``); at earlier steps -1/L whenever the agent lags the
 optimal walk (x < t passive, x < t - 2 active). Every episode ends with ``terminated=True`` after
 exactly L + 1 / L + 3 steps. Memory horizon L; a memoryless policy succeeds half the time.
+
+A lag is irreversible: once behind the optimal walk the agent can never catch up; it pays -1/L at
+every remaining step whatever it does and cannot reach the junction in time (success 0), and its
+corridor observation is the same [0, 0] as on the optimal walk (only the previous reward, 0 or
+-1/L, tells the two apart).
 """
 
 from __future__ import annotations

@@ -206,6 +206,35 @@ def test_tmaze_optimal_and_memoryless(active: bool) -> None:
     assert count == 2 * n and abs(rate - 0.5) < 0.03
 
 
+def test_passive_tmaze_lag_is_unobservable_and_irreversible() -> None:
+    """After k steps right, one step that is not right costs -1/L at every later step whatever the
+    agent does (it can never catch up: return exactly -(L - k)/L, success 0), and the corridor
+    observations stay [0, 0], as on the optimal walk: a memoryless agent cannot tell the two apart
+    except by the previous reward."""
+    n, length, k = 64, 12, 3
+    venv = envs.make("tmaze-passive", n, seed=0, length=length)
+    rng = np.random.default_rng(0)
+    obs0, _ = venv.reset(seed=0)
+    on_track = np.zeros(n, dtype=bool)
+    on_track[0] = True                                      # env 0 walks right, then goes up
+    total = np.zeros(n)
+    for t in range(length + 1):
+        actions = rng.integers(0, 4, n)                      # lagging envs: anything after the lag
+        actions[:] = np.where(t < k, 0, actions)             # everyone walks right for k steps
+        actions[1:] = np.where(t == k, rng.choice([1, 2, 3], n - 1), actions[1:])  # then lags
+        actions[0] = 1 if t == length else 0
+        obs, reward, term, _, info = venv.step(actions)
+        total += reward
+        if t < length - 1:                                   # env 0 still in the corridor
+            np.testing.assert_array_equal(obs, 0.0)
+        expected = np.where(on_track | (t < k), 0.0, -1.0 / length)
+        if t < length:
+            np.testing.assert_allclose(reward, expected, rtol=1e-6)
+    assert term.all() and not info["success"][1:].any()
+    np.testing.assert_allclose(total[1:], -(length - k) / length, rtol=1e-6)
+    assert obs0[:, 0].max() == 0 and np.abs(obs0[:, 1]).min() == 1  # the cue, first step only
+
+
 def test_memory_chain_optimal_and_memoryless() -> None:
     n, length, bits = 2048, 6, 3
     venv = envs.make("memory-chain", n, seed=0, length=length, num_bits=bits)
