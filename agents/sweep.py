@@ -119,8 +119,8 @@ def plan(env: str, cores: Sequence[str], seeds: Sequence[int], key: str | None, 
         kwargs = dict(env_kwargs, **names)
         kw_flags = ["--env-kwargs", *(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
                                       for k, v in kwargs.items())]
-        for core in cores:
-            for seed in seeds:
+        for seed in seeds:  # seed-major: a sweep stopped halfway has every core at the same seeds
+            for core in cores:
                 tag = "" if key is None else f"__{key}{value}"
                 name = f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', core)}{tag}__s{seed}"
                 argv = (*flags, "--env", env, *kw_flags, "--core", core, "--seed", str(seed),
