@@ -367,9 +367,14 @@ def test_signal_to_the_cli_stops_everything_and_saves(tmp_path, sig):
 
 @pytest.mark.slow
 def test_impala_urlstm_learns_a_short_tmaze(tmp_path):
-    code, s = train.run_train(["--algo", "impala", "--env-kwargs", "length=20", "--num-envs", "32",
+    """UR-LSTM with 2 actors (policy lag 2 to 4 updates) solves the T-maze of length 20: greedy
+    success >= 0.9, which a memoryless core cannot pass (it guesses the side: 0.5 at best). Few envs
+    per actor (4) give an update every 336 steps: with one gradient step per batch, 16 envs per
+    actor (1,344 steps per update) stayed at chance in the same 600k steps."""
+    code, s = train.run_train(["--algo", "impala", "--env-kwargs", "length=20", "--num-envs", "8",
                                "--num-actors", "2", "--unroll-length", "84", "--learner-batch", "1",
                                "--total-steps", "600000", "--eval-episodes", "200", "--no-progress",
                                "--logdir", str(tmp_path), "--run-name", "ur"])
-    assert code == 0 and s["final_success_rate"] >= 0.9, s
-    assert np.isfinite(s["sps"])
+    assert code == 0 and s["status"] == "finished", s
+    assert s["final_success_rate"] >= 0.9, s
+    assert s["policy_lag_mean"] > 0 and np.isfinite(s["sps"])
