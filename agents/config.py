@@ -96,7 +96,8 @@ class TrainConfig:
     recurrent state the actor had (use a multiple of the episode length, as for --num-steps)."""
     learner_batch: int = 2
     """IMPALA: unrolls per learner update (an update trains on learner_batch * num_envs / num_actors
-    sequences of unroll_length steps)."""
+    sequences of unroll_length steps). The learner takes one gradient step per update (PPO takes
+    update_epochs * num_minibatches): keep updates small, e.g. 1 unroll of 4 envs per actor."""
     max_policy_lag: int | None = 20
     """IMPALA: drop unrolls acted by a policy more than this many updates older than the learner's
     (none: keep all)."""
