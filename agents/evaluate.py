@@ -143,15 +143,16 @@ def finish_run(cfg, policy: ActorCritic, device: torch.device, logger, *, algo: 
     recent_return, recent_success = stats.recent()
     final_eval = None
     if status == "finished" and cfg.eval_episodes > 0:
-        final_eval = evaluate(policy, cfg, device, episodes=cfg.eval_episodes, greedy=cfg.eval_greedy)
+        final_eval = evaluate(policy, cfg, device, episodes=cfg.eval_episodes,
+                              greedy=cfg.eval_greedy)
         logger.scalar("charts/eval_return", final_eval["return_mean"], global_step)
         if final_eval["success_rate"] is not None:
             logger.scalar("charts/eval_success_rate", final_eval["success_rate"], global_step)
             s = final_eval["success_rate"]
             best_success = s if best_success is None else max(best_success, s)
     summary = {
-        "env": cfg.env, "env_kwargs": cfg.env_kwargs, "core": cfg.core, "algo": algo, "seed": cfg.seed,
-        "status": status, "total_steps": global_step, "updates": updates,
+        "env": cfg.env, "env_kwargs": cfg.env_kwargs, "core": cfg.core, "algo": algo,
+        "seed": cfg.seed, "status": status, "total_steps": global_step, "updates": updates,
         "wall_time_s": round(wall, 2), "sps": round(global_step / max(wall, 1e-9), 1),
         "final_success_rate": final_eval["success_rate"] if final_eval else None,
         "final_return": final_eval["return_mean"] if final_eval else recent_return,
