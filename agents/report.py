@@ -90,8 +90,13 @@ def _read_json(file: str) -> dict | None:
 
 
 def _scalars(run_dir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    import logging
+
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    # a resumed run's events after its last checkpoint are superseded: TensorBoard drops them (purge_step)
+    # and says so at warning level
+    logging.getLogger("tensorboard").setLevel(logging.ERROR)
     acc = EventAccumulator(run_dir, size_guidance={"scalars": 0, "histograms": 1, "tensors": 1})
     acc.Reload()
     out = {}
@@ -143,11 +148,17 @@ def sweep_key(folder: str, runs: Sequence[RunResult]) -> str | None:
 # aggregation
 # ---------------------------------------------------------------------------------------------
 
-def aggregate(runs: Sequence[RunResult], key: str | None) -> dict:
-    """{"cores": [...], "values": [...], "cells": {(core, value): stats}, "horizon": {core: value}}."""
+def aggregate(runs: Sequence[RunResult], key: str | None, planned: dict | None = None) -> dict:
+    """{"cores": [...], "values": [...], "cells": {(core, value): stats}, "horizon": {core: value}}.
+
+    ``planned`` (sweep.json: "cores", "values", "seeds") adds the runs not started yet to the counts.
+    """
     finished = [r for r in runs if r.status is not None and r.status.startswith(("finished", "diverged"))]
-    cores = list(dict.fromkeys(r.core for r in runs))
-    values = sorted({r.env_kwargs.get(key) for r in runs} if key else {None}, key=_sort_key)
+    planned = planned or {}
+    cores = list(dict.fromkeys([*planned.get("cores", []), *(r.core for r in runs)]))
+    seen = {r.env_kwargs.get(key) for r in runs} | set(planned.get("values", [])) if key else {None}
+    values = sorted(seen, key=_sort_key)
+    n_planned = len(planned.get("seeds", []))
     cells = {}
     for core in cores:
         for value in values:
@@ -161,12 +172,14 @@ def aggregate(runs: Sequence[RunResult], key: str | None) -> dict:
             reached = [s for s in reach if s is not None]
             lo, hi = bootstrap_ci(succ)
             cells[(core, value)] = {
-                "seeds": len(group), "pending": pending, "success": succ,
+                "seeds": len(group), "pending": pending, "planned": max(n_planned, len(group) + pending),
+                "success": succ,
                 "mean": float(np.mean(succ)) if succ else math.nan, "ci": (lo, hi), "iqm": iqm(succ),
                 "steps_to_solve": float(np.median(reached)) if reached else None,
                 "solved_seeds": len(reached), "steps": max((r.total_steps or 0) for r in group) if group else None,
                 "sps": float(np.mean([r.sps for r in group if r.sps])) if any(r.sps for r in group) else math.nan,
                 "timescale": _mean(r.memory.get("timescale_mean") for r in group),
+                "timescale_median": _mean(r.memory.get("timescale_median") for r in group),
                 "gate": _mean(r.memory.get("gate_mean") for r in group),
             }
     hz = {core: horizon({v: cells[(core, v)]["success"] for v in values if v is not None}) for core in cores}
@@ -190,26 +203,30 @@ def markdown(agg: dict, runs: Sequence[RunResult], folder: str) -> str:
     key = agg["key"]
     env = runs[0].env if runs else "?"
     tags = sorted({r.curve_tag for r in runs if r.curve_tag})
+    done = sum(c["seeds"] for c in agg["cells"].values())
+    total = sum(c["planned"] for c in agg["cells"].values())
     lines = [f"# {env}: memory cores compared", "",
-             f"{len(runs)} runs in `{folder}`. Success: greedy evaluation at the end of each run, mean over "
+             f"{done} of {total} runs finished in `{folder}`. Success: greedy evaluation at the end of each run, mean over "
              f"seeds [95% bootstrap interval], IQM = interquartile mean. Steps to {SOLVED}: median over the "
-             f"seeds whose curve ({', '.join(tags) or 'none'}) reached {SOLVED} (k/n seeds). Timescale: "
-             "mean 1/(1 - forget gate) over units at the end of training; gate: mean forget gate.", ""]
+             f"seeds whose curve ({', '.join(tags) or 'none'}) reached {SOLVED} (k/n seeds). "
+             "Gate, timescale: the mean forget gate g and the mean (median) of 1/(1 - g) over units and steps of the last "
+             "training minibatch, averaged over seeds.", ""]
     head = ([key] if key else []) + ["core", "seeds", "success", "95% CI", "IQM", f"steps to {SOLVED}",
-                                     "steps", "SPS", "gate", "timescale"]
+                                     "steps", "SPS", "gate", "timescale (median)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for value in agg["values"]:
         for core in agg["cores"]:
             c = agg["cells"][(core, value)]
-            if not c["seeds"] and not c["pending"]:
+            if not c["planned"]:
                 continue
-            seeds = f"{c['seeds']}" + (f" (+{c['pending']} unfinished)" if c["pending"] else "")
+            seeds = f"{c['seeds']}" + (f" of {c['planned']}" if c["planned"] > c["seeds"] else "")
             reach = ("-" if c["steps_to_solve"] is None else f"{c['steps_to_solve']:,.0f}") + \
                 f" ({c['solved_seeds']}/{c['seeds']})"
             row = ([str(value)] if key else []) + [
-                f"`{core}`", seeds, _f(c["mean"]), f"[{_f(c['ci'][0])}, {_f(c['ci'][1])}]", _f(c["iqm"]), reach,
+                f"`{core}`", seeds, _f(c["mean"]), f"[{_f(c['ci'][0])}, {_f(c['ci'][1])}]" if c["seeds"] else "-",
+                _f(c["iqm"]), reach if c["seeds"] else "-",
                 "-" if c["steps"] is None else f"{c['steps']:,}", _f(c["sps"], ",.0f"), _f(c["gate"]),
-                _f(c["timescale"], ".1f")]
+                f"{_f(c['timescale'], '.0f')} ({_f(c['timescale_median'], '.1f')})"]
             lines.append("| " + " | ".join(row) + " |")
     if key:
         lines += ["", f"**Memory horizon** (largest {key} solved, success >= {SOLVED} on a majority of seeds):", ""]
@@ -313,7 +330,8 @@ def write(folder: str, key: str | None = None) -> str:
     if not runs:
         raise FileNotFoundError(f"no run folders (with config.json) in {folder}")
     key = key or sweep_key(folder, runs)
-    agg = aggregate(runs, key)
+    meta = _read_json(os.path.join(folder, "sweep.json"))
+    agg = aggregate(runs, key, planned=meta if meta and meta.get("sweep_key") == key else None)
     figure(agg, runs, os.path.join(folder, "report.png"))
     md = os.path.join(folder, "report.md")
     with open(md + ".tmp", "w") as f:
