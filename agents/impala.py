@@ -40,7 +40,8 @@ from agents import checkpoint as ckpt
 from agents.actors import ActorFailedError, ActorPool, Buffers, SharedWeights
 from agents.config import TrainConfig
 from agents.logger import Logger
-from agents.ppo import (Carry, EpisodeStats, NonFiniteLossError, Timers, _log, _postfix, _StopFlag)
+from agents.ppo import (Carry, EpisodeStats, NonFiniteLossError, Timers, _log, _postfix, _StopFlag,
+                        interim_eval)
 from agents.returns import vtrace
 from policies.actor_critic import ActorCritic, obs_zeros, tree_map
 
@@ -271,6 +272,8 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
                     lag_sum, lag_count = lag_sum + sum(lags), lag_count + len(lags)
                     lags, wait_s = [], 0.0
                     timers.reset()
+                if cfg.eval_every and update_idx % cfg.eval_every == 0 and update_idx < cfg.num_updates:
+                    interim_eval(logger, policy, cfg, device, global_step)
                 progress = {"step": global_step, "update": update_idx, "sps": sps,
                             "return": recent_return, "success": recent_success}
                 bar.update(cfg.batch_size)

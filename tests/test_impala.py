@@ -176,7 +176,7 @@ def test_config_errors():
 def test_smoke_two_actors_then_resume(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    code, s = run(tmp_path, "--total-steps", "160", "--max-policy-lag", "none")
+    code, s = run(tmp_path, "--total-steps", "160", "--max-policy-lag", "none", "--eval-every", "2")
     assert code == 0 and s["status"] == "finished", s
     assert s["algo"] == "impala" and s["total_steps"] == 160 and s["updates"] == 5
     assert s["actor_restarts"] == 0 and s["num_actors"] == 2 and s["policy_lag_mean"] >= 0
@@ -192,6 +192,7 @@ def test_smoke_two_actors_then_resume(tmp_path):
                 "perf/learn_s",
                 "memory/gate_mean"):
         assert tag in tags, tag
+    assert [e.step for e in ea.Scalars("charts/eval_success_rate")] == [64, 128, 160]  # + the final one
     assert not our_children()
 
     code, r = train.run_train(["--resume", run_dir, "--total-steps", "320", "--eval-episodes", "0"])

@@ -74,6 +74,7 @@ def test_tiny_sweep_end_to_end_then_resumed(tmp_path, capsys):
     assert data["key"] == "length" and set(data["horizon"]) == {"lstm", "mlp"}
     assert os.path.getsize(os.path.join(out, "report.png")) > 1000
     assert "8/8 runs done" in capsys.readouterr().out
+    assert "(charts/eval_success_rate) reached 0.9" in open(os.path.join(out, "report.md")).read()
 
     # a second invocation skips finished runs; a broken run (no summary, no checkpoint) is set aside and redone
     broken = os.path.join(out, "mlp__length5__s2")
