@@ -14,6 +14,7 @@ ones (their folder is kept as ``OUT/broken/<name>-<time>``); at the end ``report
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import operator
 import os
@@ -197,11 +198,6 @@ def compare(env: str, cores: Sequence[str], seeds: Sequence[int], sweep: str | N
     Returns:
         {"runs": total, "done": finished now or before, "failed": [names], "report": path or None}.
     """
-    from tqdm import tqdm
-
-    from agents import report
-    from agents.logger import write_json
-
     if jobs < 1:
         raise SweepError(f"--jobs must be >= 1, got {jobs}")
     if not cores:
@@ -209,6 +205,35 @@ def compare(env: str, cores: Sequence[str], seeds: Sequence[int], sweep: str | N
     key, values = parse_sweep(sweep)
     runs = plan(env, cores, seeds, key, values, env_kwargs, extra, out, check)
     os.makedirs(out, exist_ok=True)
+    with _exclusive(out):
+        return _run_all(out, env, env_kwargs, key, values, cores, seeds, runs, extra, jobs, progress, command)
+
+
+@contextlib.contextmanager
+def _exclusive(out: str):
+    """One compare at a time per folder: a second one would take the first's running runs for broken."""
+    with open(os.path.join(out, ".lock"), "w") as f:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            yield
+            return
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise SweepError(f"another 'train.py compare' is running on {out}: wait for it to end "
+                             "(its runs are in progress) or use another --out") from None
+        yield
+
+
+def _run_all(out: str, env: str, env_kwargs: dict[str, Any], key: str | None, values: list[Any],
+             cores: Sequence[str], seeds: Sequence[int], runs: list[Run], extra: Sequence[str], jobs: int,
+             progress: bool, command: str | None) -> dict:
+    from tqdm import tqdm
+
+    from agents import report
+    from agents.logger import write_json
+
     meta = {"env": env, "env_kwargs": env_kwargs, "sweep_key": key, "train_flags": list(extra)}
     meta_file = os.path.join(out, "sweep.json")
     if os.path.isfile(meta_file):

@@ -90,3 +90,12 @@ def test_tiny_sweep_end_to_end_then_resumed(tmp_path, capsys):
     # the folder remembers its settings: other train flags need another --out
     assert train.main([*argv[:-len(TINY)], *TINY[:-2], "--device", "auto"]) == 2
     shutil.rmtree(out)
+
+
+def test_a_second_compare_on_the_same_folder_is_refused(tmp_path, capsys):
+    out = tmp_path / "s"
+    out.mkdir()
+    with sweep._exclusive(str(out)):  # as if another compare were running there
+        assert train.main(["compare", "--cores", "mlp", "--seeds", "1", "--out", str(out)]) == 2
+    assert "another 'train.py compare' is running on" in capsys.readouterr().err
+    assert not any(p.is_dir() for p in out.iterdir())
