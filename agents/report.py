@@ -263,7 +263,9 @@ def figure(agg: dict, runs: Sequence[RunResult], file_png: str) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    key, values, cores = agg["key"], agg["values"], agg["cores"]
+    key, cores = agg["key"], agg["cores"]
+    values = [v for v in agg["values"] if any(c["seeds"] or c["pending"] for (_, cv), c in agg["cells"].items()
+                                              if cv == v)] or agg["values"]  # planned only: no panel
     panels = len(values) + (1 if key else 0)
     cols = min(panels, 4)
     rows = -(-panels // cols)
@@ -296,8 +298,12 @@ def figure(agg: dict, runs: Sequence[RunResult], file_png: str) -> list[str]:
                 ms, los, his = np.array(ms), np.array(los), np.array(his)
                 ax.errorbar(xs, ms, yerr=[ms - los, his - ms], color=colors[core], marker="o", ms=3,
                             capsize=2, lw=1.2, label=core)
-        if all(isinstance(v, (int, float)) and v > 0 for v in values) and max(values) / min(values) >= 8:
+        if all(isinstance(v, (int, float)) and v > 0 for v in values) and max(values) / min(values) >= 4:
+            from matplotlib.ticker import NullFormatter, ScalarFormatter
             ax.set_xscale("log")
+            ax.set_xticks(values)
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(f"final success vs {key}", fontsize=9)
         ax.set_xlabel(key, fontsize=8)
         ax.set_ylabel("success (greedy eval)", fontsize=8)
