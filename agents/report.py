@@ -199,7 +199,7 @@ def _sort_key(v: Any):
 # writing
 # ---------------------------------------------------------------------------------------------
 
-def markdown(agg: dict, runs: Sequence[RunResult], folder: str) -> str:
+def markdown(agg: dict, runs: Sequence[RunResult], folder: str, command: str | None = None) -> str:
     key = agg["key"]
     env = runs[0].env if runs else "?"
     tags = sorted({r.curve_tag for r in runs if r.curve_tag})
@@ -211,6 +211,8 @@ def markdown(agg: dict, runs: Sequence[RunResult], folder: str) -> str:
              f"seeds whose curve ({', '.join(tags) or 'none'}) reached {SOLVED} (k/n seeds). "
              "Gate, timescale: the mean forget gate g and the mean (median) of 1/(1 - g) over units and steps of the last "
              "training minibatch, averaged over seeds.", ""]
+    if command:
+        lines += ["```", command, "```", ""]
     head = ([key] if key else []) + ["core", "seeds", "success", "95% CI", "IQM", f"steps to {SOLVED}",
                                      "steps", "SPS", "gate", "timescale (median)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -341,7 +343,7 @@ def write(folder: str, key: str | None = None) -> str:
     figure(agg, runs, os.path.join(folder, "report.png"))
     md = os.path.join(folder, "report.md")
     with open(md + ".tmp", "w") as f:
-        f.write(markdown(agg, runs, folder))
+        f.write(markdown(agg, runs, folder, (meta or {}).get("command")))
     os.replace(md + ".tmp", md)
     write_json(os.path.join(folder, "report.json"), {
         "key": key, "horizon": agg["horizon"],
