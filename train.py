@@ -109,6 +109,8 @@ def parse_train(argv: Sequence[str]) -> tuple[TrainConfig, set[str]]:
     given = vars(parser.parse_args(list(argv)))
     if "env_kwargs" in given:
         given["env_kwargs"] = parse_kwargs(given["env_kwargs"])
+    elif given.get("env", TrainConfig.env) != TrainConfig.env and "resume" not in given:
+        given["env_kwargs"] = {}  # the default kwargs (length=50) belong to the default env
     return TrainConfig(**given), set(given)
 
 
@@ -175,7 +177,8 @@ def make_policy(cfg: TrainConfig, venv, device):
     try:
         policy = ActorCritic(venv.single_observation_space, venv.single_action_space, core=cfg.core,
                              hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, embed_size=cfg.embed_size,
-                             prev_action_reward=cfg.prev_action_reward)
+                             prev_action_reward=cfg.prev_action_reward,
+                             head_gain=cfg.policy_head_gain)
     except ValueError as err:
         raise UsageError(_one_line(err)) from None
     return policy.to(device)

@@ -145,7 +145,8 @@ def make_actor_envs(cfg: TrainConfig, num_envs: int, seed: int):
 def make_actor_policy(cfg: TrainConfig, venv) -> ActorCritic:
     return ActorCritic(venv.single_observation_space, venv.single_action_space, core=cfg.core,
                        hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
-                       embed_size=cfg.embed_size, prev_action_reward=cfg.prev_action_reward)
+                       embed_size=cfg.embed_size, prev_action_reward=cfg.prev_action_reward,
+                       head_gain=cfg.policy_head_gain)
 
 
 def actor(index: int, cfg_dict: dict, seed: int, buffers: Buffers, weights: SharedWeights,

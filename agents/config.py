@@ -41,6 +41,10 @@ class TrainConfig:
     """Width of the observation encoder's output, the core's input."""
     prev_action_reward: bool = True
     """Feed the previous action and reward to the core next to the observation."""
+    policy_head_gain: float = 0.01
+    """Orthogonal-init gain of the policy head's weights. 0.01 (CleanRL's) starts from a
+    near-uniform policy; with it, PPO and IMPALA stay at chance on MiniGrid-MemoryS7, where 1.0
+    learns (the tiny head keeps the first updates from telling the cue images apart)."""
 
     # --- PPO (CleanRL's names) ------------------------------------------------------------------
     total_steps: int = 1_000_000
@@ -166,6 +170,7 @@ class TrainConfig:
              f"--num-minibatches ({self.num_minibatches}) must divide the number of training "
              f"sequences, num_envs * num_steps / seq_len = {self.num_sequences}: "
              f"use one of {_divisors(self.num_sequences)}")
+        need(self.policy_head_gain > 0, f"--policy-head-gain must be positive, got {self.policy_head_gain}")
         need(self.learning_rate > 0, f"--learning-rate must be positive, got {self.learning_rate}")
         need(0.0 <= self.gamma <= 1.0, f"--gamma must be in [0, 1], got {self.gamma}")
         need(0.0 <= self.gae_lambda <= 1.0, f"--gae-lambda must be in [0, 1], got {self.gae_lambda}")

@@ -190,7 +190,7 @@ def make_encoder(space: spaces.Space) -> nn.Module:
 class ActionHead(nn.Module):
     """Policy head and action encoding for Discrete, MultiDiscrete and Box action spaces."""
 
-    def __init__(self, space: spaces.Space, in_size: int):
+    def __init__(self, space: spaces.Space, in_size: int, gain: float = 0.01):
         super().__init__()
         if isinstance(space, spaces.Discrete):
             self.kind, self.nvec = "categorical", [int(space.n)]
@@ -206,7 +206,7 @@ class ActionHead(nn.Module):
                              "or 1-D Box")
         out = sum(self.nvec) if self.nvec else self.dim
         self.linear = nn.Linear(in_size, out)
-        nn.init.orthogonal_(self.linear.weight, 0.01)
+        nn.init.orthogonal_(self.linear.weight, gain)
         nn.init.zeros_(self.linear.bias)
         if self.kind == "gaussian":
             self.log_std = nn.Parameter(torch.zeros(self.dim))
@@ -307,16 +307,19 @@ class ActorCritic(nn.Module):
         embed_size: width of the core's input.
         prev_action_reward: append the previous action and reward to the encoded observation.
         core_options: extra keyword arguments for ``make_core``.
+        head_gain: orthogonal-init gain of the policy head's weights (0.01: a near-uniform first
+            policy, as in CleanRL; 1.0 lets the first updates tell observations apart, which
+            MiniGrid-MemoryS7 needs).
     """
 
     def __init__(self, observation_space: spaces.Space, action_space: spaces.Space,
                  core: str = "urlstm", hidden_size: int = 128, num_layers: int = 1,
                  embed_size: int = 128, prev_action_reward: bool = True,
-                 core_options: dict[str, Any] | None = None):
+                 core_options: dict[str, Any] | None = None, head_gain: float = 0.01):
         super().__init__()
         self.observation_space, self.action_space = observation_space, action_space
         self.encoder = make_encoder(observation_space)
-        self.head = ActionHead(action_space, hidden_size)
+        self.head = ActionHead(action_space, hidden_size, head_gain)
         self.prev_action_reward = prev_action_reward
         in_size = self.encoder.out_size + (self.head.encoding_size + 1 if prev_action_reward else 0)
         self.trunk = nn.Sequential(nn.Linear(in_size, embed_size), nn.ReLU())

@@ -53,6 +53,7 @@ def test_bad_flag_in_a_subprocess_is_one_line_and_exit_code_2():
     (["--num-envs", "0"], "--num-envs must be a positive integer"),
     (["--num-minibatches", "3"], "--num-minibatches (3) must divide"),
     (["--gamma", "1.5"], "--gamma must be in [0, 1]"),
+    (["--policy-head-gain", "0"], "--policy-head-gain must be positive"),
     (["--total-steps", "0"], "--total-steps must be positive"),
     (["--learning-rate", "abc"], "invalid float value"),
     (["--bogus"], "unrecognized arguments"),
@@ -104,6 +105,14 @@ def test_flags_round_trip_into_the_config():
     assert given == {"core", "env_kwargs", "anneal_lr", "target_kl", "seq_len", "num_steps"}
     assert train.parse_train(["--target-kl", "none"])[0].target_kl is None
     assert train.parse_train(["--env-kwargs"])[0].env_kwargs == {}
+    # the default env's kwargs (length=50) do not follow another --env
+    assert train.parse_train(["--env", "MiniGrid-MemoryS7-v0"])[0].env_kwargs == {}
+    assert train.parse_train(["--env", "urlstm/TMazePassive-v0"])[0].env_kwargs == {"length": 50}
+    cfg = train.parse_train(["--env", "urlstm/MemoryChain-v0", "--policy-head-gain", "1.0"])[0]
+    assert cfg.env_kwargs == {} and cfg.policy_head_gain == 1.0
+    venv = train.make_env(cfg, num_envs=1)
+    head = train.make_policy(cfg, venv, torch.device("cpu")).head.linear.weight
+    assert torch.allclose(torch.linalg.svdvals(head), torch.ones(2))  # orthogonal, gain 1
 
 
 # ---------------------------------------------------------------------------------------------
