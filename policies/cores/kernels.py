@@ -8,6 +8,8 @@ build fails (no compiler, no ninja): a warning says why, once.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import platform
 import sys
@@ -33,7 +35,7 @@ def _build() -> bool:
     if os.environ.get("URLSTM_NO_EXT", "") not in ("", "0"):
         return False
     try:
-        from torch.utils.cpp_extension import _get_build_directory, load
+        from torch.utils.cpp_extension import load
 
         try:  # the ninja wheel's binary, also when its virtual environment is not activated
             import ninja
@@ -41,16 +43,49 @@ def _build() -> bool:
             os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
         except ImportError:
             pass
-        if not (Path(_get_build_directory("urlstm_scan", False)) / "urlstm_scan.so").exists():
+        source = Path(__file__).with_name("scan.cpp")
+        build_dir = _build_dir()
+        build_dir.mkdir(parents=True, exist_ok=True)
+        if not (build_dir / "urlstm_scan.so").exists():
             print("urlstm: compiling the CPU scan of the gated cores (once, under a minute)...", file=sys.stderr)
         flags = ["-O3"] + (["-march=native"] if platform.machine() in ("x86_64", "AMD64") else [])
-        load(name="urlstm_scan", sources=[str(Path(__file__).with_name("scan.cpp"))], extra_cflags=flags,
-             is_python_module=False, verbose=False)
+        with _build_lock(build_dir):
+            load(name="urlstm_scan", sources=[str(source)], extra_cflags=flags, build_directory=str(build_dir),
+                 is_python_module=False, verbose=False)
         return hasattr(torch.ops.urlstm_scan, "lstm_fwd")
     except Exception as err:  # no compiler / ninja / headers: fall back to the Python scans
         warnings.warn(f"urlstm: compiled scan unavailable, using the Python scan ({type(err).__name__}: "
                       f"{str(err).splitlines()[0] if str(err) else ''})", RuntimeWarning, stacklevel=2)
         return False
+
+
+def _build_dir() -> Path:
+    """One build folder per Python environment and source: two virtual environments sharing torch's
+    extension cache would otherwise rebuild in turn, each loading the other's fresh library."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    source = Path(__file__).with_name("scan.cpp")
+    key = hashlib.sha1(f"{sys.prefix}|{torch.__version__}|".encode() + source.read_bytes()).hexdigest()[:12]
+    return Path(_get_build_directory("urlstm_scan", False)).with_name(f"urlstm_scan_{key}")
+
+
+@contextlib.contextmanager
+def _build_lock(build_dir: Path):
+    """Hold an flock (released by the kernel even if this process is killed) around torch's build.
+
+    torch's own lock is a plain file that a process killed mid-build leaves behind, after which
+    every later build waits for it forever; under our flock no other build runs, so such a file is
+    stale and is removed.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: torch's lock only
+        yield
+        return
+    with open(build_dir / "urlstm.flock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        (build_dir / "lock").unlink(missing_ok=True)
+        yield
 
 
 def _keep2d(keep):
