@@ -52,6 +52,15 @@ def write_json(file: str, data: dict[str, Any]) -> None:
     os.replace(tmp, file)
 
 
+def read_json(file: str) -> dict | None:
+    """The JSON object in ``file``, or None when it is missing or unreadable."""
+    try:
+        with open(file) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def git_commit() -> str | None:
     """The checkout's commit (with '-dirty' when it has changes), or None outside git."""
     here = os.path.dirname(os.path.abspath(__file__))

@@ -10,13 +10,14 @@ the **memory horizon**, the largest swept value solved (final success >= 0.9) by
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
+
+from agents.logger import read_json
 
 SOLVED = 0.9
 _EPS = 1e-6  # TensorBoard stores float32: 0.9 comes back as 0.8999999762
@@ -81,14 +82,6 @@ def horizon(success_by_value: dict[Any, Sequence[float]], threshold: float = SOL
 # loading
 # ---------------------------------------------------------------------------------------------
 
-def _read_json(file: str) -> dict | None:
-    try:
-        with open(file) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def _scalars(run_dir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     import logging
 
@@ -115,10 +108,10 @@ def load_runs(folder: str) -> list[RunResult]:
     runs = []
     for name in sorted(os.listdir(folder)):
         run_dir = os.path.join(folder, name)
-        cfg = _read_json(os.path.join(run_dir, "config.json"))
+        cfg = read_json(os.path.join(run_dir, "config.json"))
         if cfg is None:
             continue
-        summary = _read_json(os.path.join(run_dir, "summary.json")) or {}
+        summary = read_json(os.path.join(run_dir, "summary.json")) or {}
         r = RunResult(name=name, core=cfg["core"], seed=cfg["seed"], env=cfg["env"],
                       env_kwargs=cfg.get("env_kwargs") or {}, status=summary.get("status"),
                       final_success=summary.get("final_success_rate"), final_return=summary.get("final_return"),
@@ -136,7 +129,7 @@ def load_runs(folder: str) -> list[RunResult]:
 
 def sweep_key(folder: str, runs: Sequence[RunResult]) -> str | None:
     """The swept env keyword: from sweep.json, else the one env kwarg whose value differs across runs."""
-    meta = _read_json(os.path.join(folder, "sweep.json"))
+    meta = read_json(os.path.join(folder, "sweep.json"))
     if meta is not None:
         return meta.get("sweep_key")
     keys = {k for r in runs for k in r.env_kwargs}
@@ -338,7 +331,7 @@ def write(folder: str, key: str | None = None) -> str:
     if not runs:
         raise FileNotFoundError(f"no run folders (with config.json) in {folder}")
     key = key or sweep_key(folder, runs)
-    meta = _read_json(os.path.join(folder, "sweep.json"))
+    meta = read_json(os.path.join(folder, "sweep.json"))
     agg = aggregate(runs, key, planned=meta if meta and meta.get("sweep_key") == key else None)
     figure(agg, runs, os.path.join(folder, "report.png"))
     md = os.path.join(folder, "report.md")

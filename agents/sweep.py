@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import json
 import operator
 import os
 import re
@@ -26,6 +25,8 @@ import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
+
+from agents.logger import read_json, write_json
 
 TRAIN_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train.py")
 DONE_STATUSES = ("finished", "diverged")
@@ -152,24 +153,17 @@ def run_state(run_dir: str) -> str:
 
     if not os.path.isdir(run_dir):
         return "new"
-    try:
-        with open(os.path.join(run_dir, "summary.json")) as f:
-            if json.load(f).get("status", "").startswith(DONE_STATUSES):
-                return "done"
-    except (OSError, ValueError):
-        pass
+    summary = read_json(os.path.join(run_dir, "summary.json")) or {}
+    if summary.get("status", "").startswith(DONE_STATUSES):
+        return "done"
     return "resume" if os.path.isfile(ckpt.path(run_dir)) else "broken"
 
 
 def _command(run: Run, out: str) -> list[str]:
     run_dir = os.path.join(out, run.name)
     state = run_state(run_dir)
-    if state == "resume":
-        flags = ["--resume", run_dir, "--no-progress"]
-        for flag in ("--total-steps", "--eval-episodes", "--eval-every", "--torch-threads", "--device"):
-            if flag in run.argv:  # settings a resume may change: keep the sweep's
-                flags += [flag, run.argv[run.argv.index(flag) + 1]]
-        return [sys.executable, TRAIN_PY, *flags]
+    if state == "resume":  # its checkpoint holds the run's settings (sweep.json keeps them unchanged)
+        return [sys.executable, TRAIN_PY, "--resume", run_dir]
     if state == "broken":
         aside = os.path.join(out, "broken", f"{run.name}-{time.strftime('%Y%m%d-%H%M%S')}")
         os.makedirs(os.path.dirname(aside), exist_ok=True)
@@ -179,10 +173,8 @@ def _command(run: Run, out: str) -> list[str]:
 
 def _summary_line(run: Run, key: str | None, run_dir: str, code: int, seconds: float) -> str:
     label = f"{run.core}" + ("" if key is None else f" {key}={run.value}") + f" seed {run.seed}"
-    try:
-        with open(os.path.join(run_dir, "summary.json")) as f:
-            s = json.load(f)
-    except (OSError, ValueError):
+    s = read_json(os.path.join(run_dir, "summary.json"))
+    if s is None:
         return f"{label}: FAILED (exit {code}; see {run_dir}.log)"
     succ = s.get("final_success_rate")
     what = f"success {succ:.2f}" if succ is not None else f"return {s.get('final_return')}"
@@ -198,6 +190,8 @@ def compare(env: str, cores: Sequence[str], seeds: Sequence[int], sweep: str | N
     Returns:
         {"runs": total, "done": finished now or before, "failed": [names], "report": path or None}.
     """
+    from agents import report
+
     if jobs < 1:
         raise SweepError(f"--jobs must be >= 1, got {jobs}")
     if not cores:
@@ -206,7 +200,12 @@ def compare(env: str, cores: Sequence[str], seeds: Sequence[int], sweep: str | N
     runs = plan(env, cores, seeds, key, values, env_kwargs, extra, out, check)
     os.makedirs(out, exist_ok=True)
     with _exclusive(out):
-        return _run_all(out, env, env_kwargs, key, values, cores, seeds, runs, extra, jobs, progress, command)
+        _remember(out, {"env": env, "env_kwargs": env_kwargs, "sweep_key": key, "train_flags": list(extra)},
+                  values, cores, seeds, command)
+        failed = _launch(runs, out, key, jobs, progress)
+        done = any(run_state(os.path.join(out, r.name)) == "done" for r in runs)
+        report_file = report.write(out) if done else None
+    return {"runs": len(runs), "done": len(runs) - len(failed), "failed": failed, "report": report_file}
 
 
 @contextlib.contextmanager
@@ -226,30 +225,27 @@ def _exclusive(out: str):
         yield
 
 
-def _run_all(out: str, env: str, env_kwargs: dict[str, Any], key: str | None, values: list[Any],
-             cores: Sequence[str], seeds: Sequence[int], runs: list[Run], extra: Sequence[str], jobs: int,
-             progress: bool, command: str | None) -> dict:
-    from tqdm import tqdm
-
-    from agents import report
-    from agents.logger import write_json
-
-    meta = {"env": env, "env_kwargs": env_kwargs, "sweep_key": key, "train_flags": list(extra)}
-    meta_file = os.path.join(out, "sweep.json")
-    if os.path.isfile(meta_file):
-        with open(meta_file) as f:
-            old = json.load(f)
+def _remember(out: str, meta: dict[str, Any], values: Sequence[Any], cores: Sequence[str],
+              seeds: Sequence[int], command: str | None) -> None:
+    """Write OUT/sweep.json: the settings every run shares (a different one needs another --out) and
+    the union of the values, cores and seeds asked for so far."""
+    file = os.path.join(out, "sweep.json")
+    old = read_json(file)
+    if old is not None:
         differ = [k for k in meta if old.get(k) != meta[k]]
         if differ:
             raise SweepError(f"{out} holds a sweep with other {', '.join(differ)} "
                              f"({', '.join(repr(old.get(k)) for k in differ)}): use another --out")
-        values_all = old["values"] + [v for v in values if v not in old["values"]]
-        cores_all = old["cores"] + [c for c in cores if c not in old["cores"]]
-        seeds_all = sorted(set(old["seeds"]) | set(seeds))
-    else:
-        values_all, cores_all, seeds_all = list(values), list(cores), list(seeds)
-    write_json(meta_file, {**meta, "values": values_all, "cores": cores_all, "seeds": seeds_all,
-                           "command": command})
+        values = old["values"] + [v for v in values if v not in old["values"]]
+        cores = old["cores"] + [c for c in cores if c not in old["cores"]]
+        seeds = sorted(set(old["seeds"]) | set(seeds))
+    write_json(file, {**meta, "values": list(values), "cores": list(cores), "seeds": list(seeds),
+                      "command": command})
+
+
+def _launch(runs: Sequence[Run], out: str, key: str | None, jobs: int, progress: bool) -> list[str]:
+    """Run what is not done yet, ``jobs`` processes at a time; returns the names of failed runs."""
+    from tqdm import tqdm
 
     todo = [r for r in runs if run_state(os.path.join(out, r.name)) != "done"]
     failed: list[str] = []
@@ -294,8 +290,7 @@ def _run_all(out: str, env: str, env_kwargs: dict[str, Any], key: str | None, va
     finally:
         signal.signal(signal.SIGTERM, old_term)
     bar.close()
-    report_file = report.write(out) if any(run_state(os.path.join(out, r.name)) == "done" for r in runs) else None
-    return {"runs": len(runs), "done": len(runs) - len(failed), "failed": failed, "report": report_file}
+    return failed
 
 
 def _raise_interrupt(signum, frame) -> None:
