@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -303,18 +302,9 @@ def test_lstm_first_updates_match_stock():
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
 
 
-def _example():
-    """examples/sb3_recurrentppo.py as a module (examples/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "sb3_example", ROOT / "examples" / "sb3_recurrentppo.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_example_runs_and_rejects_bad_arguments(capsys):
-    example = _example()
+    from benchmarks import sb3_adapter as example
+
     result = example.train_and_evaluate(
         "urgru",
         "urlstm/TMazePassive-v0",
@@ -338,7 +328,7 @@ def test_urlstm_learns_short_passive_tmaze(core, passes):
     """The example's CLI, 150k steps on a length-10 passive T-maze: urlstm solves it, mlp cannot."""
     cmd = [
         sys.executable,
-        "examples/sb3_recurrentppo.py",
+        "benchmarks/sb3_adapter.py",
         "--core",
         core,
         "--length",

@@ -1,7 +1,7 @@
 """Train sb3-contrib RecurrentPPO with any urlstm memory core, evaluate it, print one JSON line.
 
-    python examples/sb3_recurrentppo.py --core urlstm --env urlstm/TMazePassive-v0 --length 10
-    python examples/sb3_recurrentppo.py --core stock ...   # sb3-contrib's own MlpLstmPolicy
+    python benchmarks/sb3_adapter.py --core urlstm --env urlstm/TMazePassive-v0 --length 10
+    python benchmarks/sb3_adapter.py --core stock ...   # sb3-contrib's own MlpLstmPolicy
 
 `--core` takes every spec of `policies.cores.CORE_SPECS` ("urlstm", "lstm", "gru", "urgru", "mlp",
 "lstm:CR", ...) or "stock". The policy is picked from the observation space (MLP, CNN or
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -26,8 +27,10 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.vec_env import VecEnv
 
-from policies.cores import CORE_SPECS
-from policies.sb3 import URLSTMCnnPolicy, URLSTMMultiInputPolicy, URLSTMPolicy
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from policies.cores import CORE_SPECS  # noqa: E402
+from policies.sb3 import URLSTMCnnPolicy, URLSTMMultiInputPolicy, URLSTMPolicy  # noqa: E402
 
 try:  # registers the project's tasks (urlstm/TMazePassive-v0, ...) with Gymnasium
     import envs  # noqa: F401
