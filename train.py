@@ -28,6 +28,9 @@ from typing import Any, Sequence
 from agents.config import RESUMABLE_OVERRIDES, ConfigError, TrainConfig
 
 
+IMPALA_ENVS_PER_ACTOR = 4  # --algo impala without --num-envs: small batches, many gradient steps
+
+
 class UsageError(Exception):
     """Bad command-line input: printed as one line, exit code 2."""
 
@@ -111,6 +114,8 @@ def parse_train(argv: Sequence[str]) -> tuple[TrainConfig, set[str]]:
         given["env_kwargs"] = parse_kwargs(given["env_kwargs"])
     elif given.get("env", TrainConfig.env) != TrainConfig.env and "resume" not in given:
         given["env_kwargs"] = {}  # the default kwargs (length=50) belong to the default env
+    if given.get("algo") == "impala" and "num_envs" not in given and "resume" not in given:
+        given["num_envs"] = IMPALA_ENVS_PER_ACTOR * given.get("num_actors", TrainConfig.num_actors)
     return TrainConfig(**given), set(given)
 
 

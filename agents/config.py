@@ -50,7 +50,8 @@ class TrainConfig:
     total_steps: int = 1_000_000
     """Environment steps to train for (all envs together)."""
     num_envs: int = 32
-    """Environments stepped in parallel."""
+    """Environments stepped in parallel (with --algo impala on the command line the default is 4 per
+    actor: IMPALA takes one gradient step per batch and needs small batches)."""
     num_steps: int = 102
     """Rollout length per env per update. For memory length L use a multiple of the episode length
     (L+1 for the passive T-maze) so that episodes never straddle two rollouts."""
@@ -95,10 +96,10 @@ class TrainConfig:
     """Learner: ppo (synchronous rollouts) or impala (actor processes, V-trace, agents/impala.py)."""
     num_actors: int = 2
     """IMPALA: actor processes; each steps num_envs / num_actors environments."""
-    unroll_length: int = 82
+    unroll_length: int = 102
     """IMPALA: steps per actor unroll; gradients flow through a whole unroll, which starts from the
     recurrent state the actor had (use a multiple of the episode length, as for --num-steps)."""
-    learner_batch: int = 2
+    learner_batch: int = 1
     """IMPALA: unrolls per learner update (an update trains on learner_batch * num_envs / num_actors
     sequences of unroll_length steps). The learner takes one gradient step per update (PPO takes
     update_epochs * num_minibatches): keep updates small, e.g. 1 unroll of 4 envs per actor."""
@@ -109,9 +110,9 @@ class TrainConfig:
     """IMPALA: V-trace clip of the importance weights (rho-bar)."""
     vtrace_c_bar: float = 1.0
     """IMPALA: V-trace clip of the trace coefficients (c-bar)."""
-    vtrace_lambda: float = 1.0
-    """IMPALA: V-trace's lambda, a factor on the trace coefficients (1: the paper's n-step targets;
-    0.95: TD(lambda) targets and advantages, as GAE's lambda in PPO, with less variance)."""
+    vtrace_lambda: float = 0.95
+    """IMPALA: V-trace's lambda, a factor on the trace coefficients (0.95: TD(lambda) targets and
+    advantages, as GAE's lambda in PPO; 1: the paper's n-step targets, with more variance)."""
 
     # --- run --------------------------------------------------------------------------------------
     seed: int = 1

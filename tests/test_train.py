@@ -112,6 +112,12 @@ def test_flags_round_trip_into_the_config():
     assert cfg.env_kwargs == {} and cfg.policy_head_gain == 1.0
     venv = train.make_env(cfg, num_envs=1)
     head = train.make_policy(cfg, venv, torch.device("cpu")).head.linear.weight
+    # --algo impala without --num-envs: 4 envs per actor (small batches); explicit values are kept
+    cfg = train.parse_train(["--algo", "impala"])[0]
+    assert (cfg.num_envs, cfg.learner_batch, cfg.batch_size) == (8, 1, 4 * cfg.unroll_length)
+    assert train.parse_train(["--algo", "impala", "--num-actors", "3"])[0].num_envs == 12
+    assert train.parse_train(["--algo", "impala", "--num-envs", "6"])[0].num_envs == 6
+    assert train.parse_train([])[0].num_envs == 32
     assert torch.allclose(torch.linalg.svdvals(head), torch.ones(2))  # orthogonal, gain 1
 
 
