@@ -151,7 +151,9 @@ class ImageEncoder(nn.Module):
             x = self.embed.index_select(0, idx.reshape(-1)).view(*idx.shape[:3], -1)  # [N, H, W, 8C]
         else:
             x = x.to(self.cnn[0].weight.dtype) * self.scale
-        return self.cnn(x.permute(0, 3, 1, 2).contiguous())
+        # channels-last [N, C, H, W] view, no copy: oneDNN's convolutions and pooling run about
+        # twice as fast on it as on a contiguous NCHW copy for these small images
+        return self.cnn(x.permute(0, 3, 1, 2))
 
 
 class TreeEncoder(nn.Module):
