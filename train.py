@@ -28,7 +28,10 @@ from typing import Any, Sequence
 from agents.config import RESUMABLE_OVERRIDES, ConfigError, TrainConfig
 
 
-IMPALA_ENVS_PER_ACTOR = 4  # --algo impala without --num-envs: small batches, many gradient steps
+# --algo impala without --num-envs / --total-steps: one gradient step per batch wants small batches
+# and, for as many updates as PPO makes, more env steps (2M solve the default T-maze)
+IMPALA_ENVS_PER_ACTOR = 4
+IMPALA_TOTAL_STEPS = 2_000_000
 
 
 class UsageError(Exception):
@@ -114,8 +117,9 @@ def parse_train(argv: Sequence[str]) -> tuple[TrainConfig, set[str]]:
         given["env_kwargs"] = parse_kwargs(given["env_kwargs"])
     elif given.get("env", TrainConfig.env) != TrainConfig.env and "resume" not in given:
         given["env_kwargs"] = {}  # the default kwargs (length=50) belong to the default env
-    if given.get("algo") == "impala" and "num_envs" not in given and "resume" not in given:
-        given["num_envs"] = IMPALA_ENVS_PER_ACTOR * given.get("num_actors", TrainConfig.num_actors)
+    if given.get("algo") == "impala" and "resume" not in given:  # small batches, more steps
+        given.setdefault("num_envs", IMPALA_ENVS_PER_ACTOR * given.get("num_actors", TrainConfig.num_actors))
+        given.setdefault("total_steps", IMPALA_TOTAL_STEPS)
     return TrainConfig(**given), set(given)
 
 

@@ -48,7 +48,7 @@ class TrainConfig:
 
     # --- PPO (CleanRL's names) ------------------------------------------------------------------
     total_steps: int = 1_000_000
-    """Environment steps to train for (all envs together)."""
+    """Environment steps to train for (all envs together; --algo impala on the command line: 2M)."""
     num_envs: int = 32
     """Environments stepped in parallel (with --algo impala on the command line the default is 4 per
     actor: IMPALA takes one gradient step per batch and needs small batches)."""

@@ -115,6 +115,7 @@ def test_flags_round_trip_into_the_config():
     # --algo impala without --num-envs: 4 envs per actor (small batches); explicit values are kept
     cfg = train.parse_train(["--algo", "impala"])[0]
     assert (cfg.num_envs, cfg.learner_batch, cfg.batch_size) == (8, 1, 4 * cfg.unroll_length)
+    assert cfg.total_steps == 2_000_000 and train.parse_train([])[0].total_steps == 1_000_000
     assert train.parse_train(["--algo", "impala", "--num-actors", "3"])[0].num_envs == 12
     assert train.parse_train(["--algo", "impala", "--num-envs", "6"])[0].num_envs == 6
     assert train.parse_train([])[0].num_envs == 32
