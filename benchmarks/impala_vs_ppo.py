@@ -4,8 +4,9 @@
     python benchmarks/impala_vs_ppo.py --tasks tmaze --steps-tmaze 500000 --out result.json
 
 For each task, PPO (its default vector env: worker processes for MiniGrid, the batched native env
-for the T-maze) and IMPALA (``--num-actors`` actor processes, each with in-process envs) train for a
-fixed number of env steps without evaluation. Reported per run: end-to-end SPS (wall clock from the
+for the T-maze) and IMPALA (``--num-actors`` actor processes, each with in-process envs; by default
+4 envs per actor and learner batch 1, as ``train.py --algo impala``: the small batches that learn)
+train for a fixed number of env steps without evaluation. Reported per run: end-to-end SPS (wall clock from the
 start of ``train()``, actor start-up included) and steady SPS (from the first finished update to
 the last). Prints one JSON object.
 """
@@ -59,7 +60,8 @@ def measure(cfg: TrainConfig) -> dict:
         wall = time.perf_counter() - t0
     (t_first, s_first), (t_last, s_last) = marks[0], marks[-1]
     return {
-        "algo": cfg.algo, "status": summary["status"], "steps": summary["total_steps"],
+        "algo": cfg.algo, "num_envs": cfg.num_envs, "status": summary["status"],
+        "steps": summary["total_steps"],
         "updates": summary["updates"], "wall_s": round(wall, 2),
         "sps_end_to_end": round(summary["total_steps"] / wall, 1),
         "sps_steady": (round((s_last - s_first) / (t_last - t_first), 1) if t_last > t_first
@@ -77,6 +79,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps-tmaze", type=int, default=300_000)
     parser.add_argument("--num-actors", type=int, default=2)
     parser.add_argument("--learner-batch", type=int, default=1)
+    parser.add_argument("--impala-num-envs", type=int, default=None,
+                        help="IMPALA's envs, all actors together (default: 4 per actor; "
+                             "the task's PPO env count gives both the same envs)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
@@ -88,20 +93,20 @@ def main(argv: list[str] | None = None) -> dict:
         spec = TASKS[task]
         steps = args.steps_minigrid if task == "minigrid" else args.steps_tmaze
         common = dict(env=spec["env"], env_kwargs=spec["env_kwargs"], core=args.core,
-                      num_envs=spec["num_envs"],
                       total_steps=steps, eval_episodes=0, progress=False, save_every=10**9,
                       device=args.device, anneal_lr=False)
         runs = {}
-        runs["ppo"] = measure(TrainConfig(**common, algo="ppo", num_steps=spec["num_steps"],
-                                          seq_len=spec["seq_len"]))
-        runs["impala"] = measure(TrainConfig(**common, algo="impala", num_actors=args.num_actors,
+        runs["ppo"] = measure(TrainConfig(**common, algo="ppo", num_envs=spec["num_envs"],
+                                          num_steps=spec["num_steps"], seq_len=spec["seq_len"]))
+        impala_envs = args.impala_num_envs or train.IMPALA_ENVS_PER_ACTOR * args.num_actors
+        runs["impala"] = measure(TrainConfig(**common, algo="impala", num_envs=impala_envs,
+                                             num_actors=args.num_actors,
                                              unroll_length=spec["unroll_length"],
                                              learner_batch=args.learner_batch))
         ppo_sps, impala_sps = runs["ppo"]["sps_steady"], runs["impala"]["sps_steady"]
         runs["impala_over_ppo_steady"] = (round(impala_sps / ppo_sps, 2) if ppo_sps and impala_sps
                                           else None)
-        result["tasks"][task] = {"env": spec["env"], "env_kwargs": spec["env_kwargs"],
-                                 "num_envs": spec["num_envs"], **runs}
+        result["tasks"][task] = {"env": spec["env"], "env_kwargs": spec["env_kwargs"], **runs}
         print(json.dumps({task: result["tasks"][task]}), file=sys.stderr, flush=True)
     result["loadavg_before"] = [round(x, 2) for x in load_before]
     result["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
