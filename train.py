@@ -113,6 +113,7 @@ def parse_train(argv: Sequence[str]) -> tuple[TrainConfig, set[str]]:
                      "Subcommand: 'train.py eval --checkpoint PATH' evaluates a trained agent.")
     add_config_flags(parser)
     given = vars(parser.parse_args(list(argv)))
+    explicit = set(given)
     if "env_kwargs" in given:
         given["env_kwargs"] = parse_kwargs(given["env_kwargs"])
     elif given.get("env", TrainConfig.env) != TrainConfig.env and "resume" not in given:
@@ -120,7 +121,7 @@ def parse_train(argv: Sequence[str]) -> tuple[TrainConfig, set[str]]:
     if given.get("algo") == "impala" and "resume" not in given:  # small batches, more steps
         given.setdefault("num_envs", IMPALA_ENVS_PER_ACTOR * given.get("num_actors", TrainConfig.num_actors))
         given.setdefault("total_steps", IMPALA_TOTAL_STEPS)
-    return TrainConfig(**given), set(given)
+    return TrainConfig(**given), explicit
 
 
 def parse_eval(argv: Sequence[str]) -> argparse.Namespace:

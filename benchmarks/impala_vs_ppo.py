@@ -6,9 +6,9 @@
 For each task, PPO (its default vector env: worker processes for MiniGrid, the batched native env
 for the T-maze) and IMPALA (``--num-actors`` actor processes, each with in-process envs; by default
 4 envs per actor and learner batch 1, as ``train.py --algo impala``: the small batches that learn)
-train for a fixed number of env steps without evaluation. Reported per run: end-to-end SPS (wall clock from the
-start of ``train()``, actor start-up included) and steady SPS (from the first finished update to
-the last). Prints one JSON object.
+train for a fixed number of env steps without evaluation. Reported per run: end-to-end SPS (wall
+clock from the start of ``train()``, actor start-up included) and steady SPS (from the first
+finished update to the last). Prints one JSON object.
 """
 
 from __future__ import annotations

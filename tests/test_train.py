@@ -112,14 +112,17 @@ def test_flags_round_trip_into_the_config():
     assert cfg.env_kwargs == {} and cfg.policy_head_gain == 1.0
     venv = train.make_env(cfg, num_envs=1)
     head = train.make_policy(cfg, venv, torch.device("cpu")).head.linear.weight
-    # --algo impala without --num-envs: 4 envs per actor (small batches); explicit values are kept
+    assert torch.allclose(torch.linalg.svdvals(head), torch.ones(2))  # orthogonal, gain 1
+
+
+def test_impala_defaults_on_the_command_line():
+    """--algo impala without --num-envs / --total-steps: 4 envs per actor, 2M steps; explicit values are kept."""
     cfg = train.parse_train(["--algo", "impala"])[0]
     assert (cfg.num_envs, cfg.learner_batch, cfg.batch_size) == (8, 1, 4 * cfg.unroll_length)
     assert cfg.total_steps == 2_000_000 and train.parse_train([])[0].total_steps == 1_000_000
     assert train.parse_train(["--algo", "impala", "--num-actors", "3"])[0].num_envs == 12
     assert train.parse_train(["--algo", "impala", "--num-envs", "6"])[0].num_envs == 6
     assert train.parse_train([])[0].num_envs == 32
-    assert torch.allclose(torch.linalg.svdvals(head), torch.ones(2))  # orthogonal, gain 1
 
 
 # ---------------------------------------------------------------------------------------------
