@@ -227,12 +227,14 @@ def _exclusive(out: str):
 
 def _remember(out: str, meta: dict[str, Any], values: Sequence[Any], cores: Sequence[str],
               seeds: Sequence[int], command: str | None) -> None:
-    """Write OUT/sweep.json: the settings every run shares (a different one needs another --out) and
-    the union of the values, cores and seeds asked for so far."""
+    """Write OUT/sweep.json: the settings every run shares (a different one needs another --out, except
+    train flags that give the runs already there the same flags) and the union of the values, cores
+    and seeds asked for so far."""
     file = os.path.join(out, "sweep.json")
     old = read_json(file)
     if old is not None:
-        differ = [k for k in meta if old.get(k) != meta[k]]
+        differ = [k for k in meta if old.get(k) != meta[k]
+                  and not (k == "train_flags" and _same_for(old, meta[k]))]
         if differ:
             raise SweepError(f"{out} holds a sweep with other {', '.join(differ)} "
                              f"({', '.join(repr(old.get(k)) for k in differ)}): use another --out")
@@ -241,6 +243,21 @@ def _remember(out: str, meta: dict[str, Any], values: Sequence[Any], cores: Sequ
         seeds = sorted(set(old["seeds"]) | set(seeds))
     write_json(file, {**meta, "values": list(values), "cores": list(cores), "seeds": list(seeds),
                       "command": command})
+
+
+def _same_for(old: dict[str, Any], flags: Sequence[str]) -> bool:
+    """Do ``flags`` render to the folder's old flags for every value swept there so far?
+
+    So an expression may be rewritten for new values (e.g. a budget cap that only longer lengths
+    reach) as long as no existing run would have been started differently.
+    """
+    key = old.get("sweep_key")
+    try:
+        return all([render(a, {} if key is None else {key: v}) for a in old.get("train_flags", [])]
+                   == [render(a, {} if key is None else {key: v}) for a in flags]
+                   for v in old.get("values", [None]))
+    except SweepError:
+        return False
 
 
 def _launch(runs: Sequence[Run], out: str, key: str | None, jobs: int, progress: bool) -> list[str]:

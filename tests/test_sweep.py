@@ -99,3 +99,19 @@ def test_a_second_compare_on_the_same_folder_is_refused(tmp_path, capsys):
         assert train.main(["compare", "--cores", "mlp", "--seeds", "1", "--out", str(out)]) == 2
     assert "another 'train.py compare' is running on" in capsys.readouterr().err
     assert not any(p.is_dir() for p in out.iterdir())
+
+
+def test_a_flag_may_be_rewritten_when_the_runs_already_there_keep_theirs(tmp_path):
+    out = str(tmp_path)
+    meta = {"env": "urlstm/TMazePassive-v0", "env_kwargs": {}, "sweep_key": "length",
+            "train_flags": ["--total-steps", "{40 * length**2}"]}
+    sweep._remember(out, meta, [50, 500], ["lstm"], [1], None)
+    # a cap that only the new length reaches: the runs at 50 and 500 keep 100k and 10M steps
+    capped = dict(meta, train_flags=["--total-steps", "{min(10_000_000, 40 * length**2)}"])
+    sweep._remember(out, capped, [1000], ["lstm"], [1], None)
+    saved = json.loads(open(os.path.join(out, "sweep.json")).read())
+    assert saved["values"] == [50, 500, 1000] and saved["train_flags"] == capped["train_flags"]
+    # a cap below 10M would change the run at 500: refused
+    lower = dict(meta, train_flags=["--total-steps", "{min(5_000_000, 40 * length**2)}"])
+    with pytest.raises(sweep.SweepError, match="use another --out"):
+        sweep._remember(out, lower, [2000], ["lstm"], [1], None)
