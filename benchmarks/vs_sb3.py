@@ -6,7 +6,9 @@
 Both learners get the same number of envs (16), rollout length (128), LSTM width (128), epochs (4),
 minibatches (4 of 512 steps) and torch threads, and the same kind of env vectorization (in-process
 ``sync``: gymnasium SyncVectorEnv / sb3 DummyVecEnv; or ``async``: worker processes, gymnasium
-AsyncVectorEnv / sb3 SubprocVecEnv). They run alternately, each round after a warm-up update that is
+AsyncVectorEnv / sb3 SubprocVecEnv) and the same MiniGrid view code (``--minigrid-view numpy``: this
+package's ``envs/minigrid_view.py`` for both, the default; ``minigrid``: MiniGrid's own, about 3x
+slower per step, for both). They run alternately, each round after a warm-up update that is
 not timed; prints one JSON object with both SPS and their ratio.
 
 sb3-contrib sees the 7x7x3 view flattened to 147 numbers (MlpLstmPolicy: its CNN extractor needs
@@ -32,15 +34,18 @@ from benchmarks.train_speed import measure  # noqa: E402
 ENV = "MiniGrid-MemoryS7-v0"
 
 
-def sb3_env(num_envs: int, seed: int, vectorization: str):
+def sb3_env(num_envs: int, seed: int, vectorization: str, fast_view: bool):
     import gymnasium as gym
     import minigrid  # noqa: F401  (registers the ids)
     from minigrid.wrappers import ImgObsWrapper
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
+    from envs.minigrid_view import FastView
+
     def make():
-        return gym.wrappers.FlattenObservation(ImgObsWrapper(gym.make(ENV)))
+        env = gym.make(ENV)
+        return gym.wrappers.FlattenObservation(ImgObsWrapper(FastView(env) if fast_view else env))
 
     cls = DummyVecEnv if vectorization == "sync" else SubprocVecEnv
     return make_vec_env(make, n_envs=num_envs, seed=seed, vec_env_cls=cls)
@@ -49,7 +54,7 @@ def sb3_env(num_envs: int, seed: int, vectorization: str):
 def measure_sb3(args, seed: int) -> dict:
     from sb3_contrib import RecurrentPPO
 
-    env = sb3_env(args.num_envs, seed, args.vectorization)
+    env = sb3_env(args.num_envs, seed, args.vectorization, args.minigrid_view == "numpy")
     batch = args.num_envs * args.num_steps
     model = RecurrentPPO("MlpLstmPolicy", env, n_steps=args.num_steps, batch_size=batch // args.num_minibatches,
                          n_epochs=args.update_epochs, learning_rate=2.5e-4, ent_coef=0.01, seed=seed,
@@ -64,7 +69,7 @@ def measure_sb3(args, seed: int) -> dict:
 
 
 def measure_ours(args, seed: int) -> dict:
-    kwargs = {"vectorization": args.vectorization}
+    kwargs = {"vectorization": args.vectorization, "fast_view": args.minigrid_view == "numpy"}
     cfg = TrainConfig(env=ENV, env_kwargs=kwargs, core=args.core, hidden_size=args.hidden_size,
                       num_envs=args.num_envs, num_steps=args.num_steps, seq_len=args.num_steps,
                       num_minibatches=args.num_minibatches, update_epochs=args.update_epochs,
@@ -85,6 +90,9 @@ def main() -> None:
     parser.add_argument("--core", default="lstm", help="this package's core (sb3 always uses nn.LSTM)")
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--vectorization", choices=("sync", "async"), default="sync")
+    parser.add_argument("--minigrid-view", choices=("numpy", "minigrid"), default="numpy",
+                        help="both learners' envs compute the agent's view with envs/minigrid_view.py "
+                             "(numpy) or with MiniGrid's own code; the observations are identical")
     args = parser.parse_args()
     torch.set_num_threads(args.torch_threads)
 
@@ -99,7 +107,7 @@ def main() -> None:
         "benchmark": "vs_sb3", "env": ENV, "num_envs": args.num_envs, "num_steps": args.num_steps,
         "hidden_size": args.hidden_size, "update_epochs": args.update_epochs,
         "num_minibatches": args.num_minibatches, "torch_threads": torch.get_num_threads(),
-        "vectorization": args.vectorization, "core": args.core,
+        "vectorization": args.vectorization, "minigrid_view": args.minigrid_view, "core": args.core,
         "ours_sps": round(mean(ours), 1), "sb3_contrib_sps": round(mean(sb3), 1),
         "ratio": round(mean(ours) / mean(sb3), 2),
         "ours_rounds": ours, "sb3_contrib_rounds": sb3,

@@ -4,7 +4,8 @@ Native ids (``urlstm/...`` or their short aliases) give the batched numpy implem
 Gymnasium id (MiniGrid, POPGym, classic control, ...) is built with ``gymnasium.vector``'s
 ``AsyncVectorEnv``, one worker process per env (``SyncVectorEnv`` when ``vectorization="sync"``, or
 when ``num_envs == 1`` unless ``vectorization="async"``) and wrapped
-so that it gives the same ``info`` keys as the native envs.
+so that it gives the same ``info`` keys as the native envs. MiniGrid envs compute their view with
+numpy (``envs/minigrid_view.py``: the same observations, about 3x faster steps).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, Vecto
 
 from envs._base import BatchedEnv
 from envs.memory_chain import MemoryChainVector
+from envs.minigrid_view import FastView
 from envs.tmaze import TMazeActiveVector, TMazePassiveVector
 from envs.visual_match import VisualMatchActiveVector, VisualMatchPassiveVector
 
@@ -60,7 +62,8 @@ def make(env_id: str, num_envs: int, seed: int | None = None, **kwargs: Any) -> 
             space is seeded with it too. None: random.
         **kwargs: task parameters (``length=``, ``num_bits=``, ``distractor_steps=``, or the kwargs
             of ``gym.make`` for other ids), plus ``vectorization="sync"`` / ``"async"`` to build
-            any id (native ones included) from single envs in gymnasium's vector envs.
+            any id (native ones included) from single envs in gymnasium's vector envs, and for
+            MiniGrid ``fast_view=False`` to keep MiniGrid's own (slower, identical) view code.
 
     Returns:
         A ``gymnasium.vector.VectorEnv``; obs/rewards/terminated/truncated have a leading [N] axis;
@@ -74,18 +77,19 @@ def make(env_id: str, num_envs: int, seed: int | None = None, **kwargs: Any) -> 
     if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
         raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
     vectorization = kwargs.pop("vectorization", None)
+    fast_view = kwargs.pop("fast_view", True)
     if vectorization not in (None, "sync", "async"):
         raise ValueError(f'vectorization must be "sync" or "async", got {vectorization!r}')
     env_id = ALIASES.get(env_id, env_id)
     if env_id in NATIVE and vectorization is None:
         return _make_native(env_id, int(num_envs), seed, kwargs)
     _ensure_registered(env_id)
-    probe = _make_single(env_id, kwargs)  # fail here, in this process, with a clear message
+    probe = _make_single(env_id, kwargs, fast_view)  # fail here, in this process, with a clear message
     try:
         _check_spaces(env_id, probe.observation_space, probe.action_space)
     finally:
         probe.close()
-    fns = [partial(_make_single, env_id, kwargs) for _ in range(num_envs)]
+    fns = [partial(_make_single, env_id, kwargs, fast_view) for _ in range(num_envs)]
     if vectorization == "sync" or (num_envs == 1 and vectorization is None):
         venv = SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
     else:
@@ -127,7 +131,7 @@ def _ensure_registered(env_id: str) -> None:
             ) from None
 
 
-def _make_single(env_id: str, kwargs: dict) -> gym.Env:
+def _make_single(env_id: str, kwargs: dict, fast_view: bool = True) -> gym.Env:
     """One env with the adapters it needs (runs in worker processes: module-level, picklable)."""
     _ensure_registered(env_id)  # a spawned worker has not imported minigrid/popgym yet
     try:
@@ -137,6 +141,10 @@ def _make_single(env_id: str, kwargs: dict) -> gym.Env:
     except TypeError as e:
         raise ValueError(f"invalid kwargs {sorted(kwargs)} for {env_id!r}: {e}") from None
     if env_id.startswith(("MiniGrid-", "BabyAI-")):
+        from minigrid.minigrid_env import MiniGridEnv
+
+        if fast_view and type(env.unwrapped).gen_obs is MiniGridEnv.gen_obs:  # the stock view: computed with numpy
+            env = FastView(env)
         env = MiniGridSuccess(gym.wrappers.FilterObservation(env, ["image", "direction"]))
     elif isinstance(env.observation_space, spaces.Tuple):
         env = _tuple_to_dict(env)
