@@ -1,7 +1,8 @@
 """Environment steps per second with random actions, printed as JSON.
 
 Native tasks (batched numpy) at 1, 64 and 1024 envs, and MiniGrid-MemoryS7-v0 through
-``envs.make`` in-process (SyncVectorEnv, 1 env) and with 1 and 2 worker processes (AsyncVectorEnv).
+``envs.make`` in-process (SyncVectorEnv, 1 env) and with 1 and 2 worker processes (AsyncVectorEnv),
+with the numpy view of ``envs/minigrid_view.py`` (the default) and with MiniGrid's own.
 Actions are drawn before timing; each point is the best of ``--repeats`` timed runs of about
 ``--seconds`` seconds each.
 
@@ -68,10 +69,12 @@ def main() -> None:
         results[env_id] = row
     row = {"kwargs": {}}
     minigrid = (("in-process", 1, "sync"), ("1 worker", 1, "async"), ("2 workers", 2, "async"))
-    for label, n, vec in minigrid:
-        venv = envs.make("MiniGrid-MemoryS7-v0", n, seed=0, vectorization=vec)
-        row[label] = round(steps_per_second(venv, args.seconds, args.repeats, block=64))
-        venv.close()
+    for fast_view in (True, False):  # the numpy view (default) and MiniGrid's own, one after the other
+        for label, n, vec in minigrid:
+            venv = envs.make("MiniGrid-MemoryS7-v0", n, seed=0, vectorization=vec, fast_view=fast_view)
+            key = label if fast_view else f"{label}, MiniGrid's own view"
+            row[key] = round(steps_per_second(venv, args.seconds, args.repeats, block=64))
+            venv.close()
     results["MiniGrid-MemoryS7-v0"] = row
     machine = {
         "cpu_count": os.cpu_count(),
