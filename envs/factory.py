@@ -143,8 +143,9 @@ def _make_single(env_id: str, kwargs: dict, fast_view: bool = True) -> gym.Env:
     if env_id.startswith(("MiniGrid-", "BabyAI-")):
         from minigrid.minigrid_env import MiniGridEnv
 
-        if fast_view and type(env.unwrapped).gen_obs is MiniGridEnv.gen_obs:  # the stock view: computed with numpy
-            env = FastView(env)
+        cls = type(env.unwrapped)
+        if fast_view and cls.gen_obs is MiniGridEnv.gen_obs and cls.__module__.startswith("minigrid."):
+            env = FastView(env)  # MiniGrid's own tasks (all tested identical); others keep their view
         env = MiniGridSuccess(gym.wrappers.FilterObservation(env, ["image", "direction"]))
     elif isinstance(env.observation_space, spaces.Tuple):
         env = _tuple_to_dict(env)
