@@ -4,8 +4,9 @@ MiniGrid builds every observation by copying the 7x7 view cell by cell into a ne
 rotating it cell by cell (up to four times), propagating visibility and encoding each visible cell:
 about 80 microseconds of Python per step, most of an env step. ``FastView`` keeps the encoded grid
 (and which cells block the view) as arrays, updated when a cell changes (``Grid.set``, or a
-``toggle`` of the cell in front), and cuts the view out of them with array slicing and ``np.rot90``;
-only the visibility propagation stays a loop, over plain Python lists. The result is identical to
+``toggle`` of the cell in front), and cuts the view out of them with array slicing and rotations;
+only the visibility propagation stays a loop, over plain Python lists, and its result is cached
+per pattern of view-blocking cells. The result is identical to
 MiniGrid's own (``tests/test_envs_minigrid_view.py`` compares them step by step on several tasks).
 
 ``envs.make`` installs it on the tasks of the ``minigrid`` package (MiniGrid and BabyAI: all 172
@@ -42,6 +43,7 @@ class FastView(gym.Wrapper):
             raise TypeError(f"FastView needs a MiniGrid env, got {type(base).__name__}")
         self._toggle = int(base.actions.toggle)
         self._recheck = None    # (x, y) of a cell to re-encode before the next observation
+        self._seen: dict[bytes, np.ndarray] = {}  # opaque-cell pattern of a view -> its visibility mask
         self._grid = None       # the Grid the arrays mirror (kept alive, so identity is safe)
         self._pad = 0           # cells of wall around the grid in the arrays
         self._enc: np.ndarray   # [W + 2 pad, H + 2 pad, 3] uint8 encodings
@@ -93,15 +95,31 @@ class FastView(gym.Wrapper):
                 self._put(x, y, base.grid.get(x, y))
         top_x, top_y, _, _ = base.get_view_exts(s)
         x0, y0 = top_x + self._pad, top_y + self._pad
-        turns = -(base.agent_dir + 1)  # MiniGrid rotates the view left agent_dir + 1 times
-        enc = np.rot90(self._enc[x0:x0 + s, y0:y0 + s], turns)
+        turn = _ROTATE[(-(base.agent_dir + 1)) % 4]  # MiniGrid rotates the view left agent_dir + 1 times
+        enc = turn(self._enc[x0:x0 + s, y0:y0 + s])
         if base.see_through_walls:
             image = enc.copy()
         else:
-            vis = _visible(np.rot90(self._opaque[x0:x0 + s, y0:y0 + s], turns).tolist(), s // 2, s - 1)
-            image = np.where(vis[:, :, None], enc, 0).astype(np.uint8)
+            opaque = turn(self._opaque[x0:x0 + s, y0:y0 + s])
+            key = opaque.tobytes()
+            vis = self._seen.get(key)
+            if vis is None:
+                if len(self._seen) >= 4096:
+                    self._seen.clear()
+                vis = self._seen[key] = _visible(opaque.tolist(), s // 2, s - 1)[:, :, None]
+            image = np.where(vis, enc, 0).astype(np.uint8)
         image[s // 2, s - 1] = _EMPTY if base.carrying is None else base.carrying.encode()
         return {"image": image, "direction": base.agent_dir, "mission": base.mission}
+
+
+# np.rot90(m, k) over the first two axes for k = 0..3, as plain views (np.rot90 itself costs a few
+# microseconds of argument handling per call)
+_ROTATE = (
+    lambda m: m,
+    lambda m: m[:, ::-1].swapaxes(0, 1),
+    lambda m: m[::-1, ::-1],
+    lambda m: m.swapaxes(0, 1)[:, ::-1],
+)
 
 
 def _visible(opaque: list[list[bool]], ax: int, ay: int) -> np.ndarray:
