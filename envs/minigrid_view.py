@@ -68,12 +68,15 @@ class FastView(gym.Wrapper):
     def _mirror(self, grid, pad: int) -> None:
         """Encode the whole grid and hook its ``set`` so later changes reach the arrays."""
         W, H = grid.width, grid.height
+        hooked = self._grid is grid  # only a larger view size: the hook is in place already
         self._grid, self._pad = grid, pad
         self._enc = np.empty((W + 2 * pad, H + 2 * pad, 3), dtype=np.uint8)
         self._enc[:] = _WALL
         self._opaque = np.ones((W + 2 * pad, H + 2 * pad), dtype=bool)
         for k, v in enumerate(grid.grid):
             self._put(k % W, k // W, v)
+        if hooked:
+            return
         stock_set = grid.set
 
         def set_and_mirror(i: int, j: int, v) -> None:

@@ -114,6 +114,19 @@ def gru_fast_scan(x, w_ih, b_ih, h0, w_hh, b_hh, b_f, keep, primary: str, aux: s
     return GRUScan.apply(F.linear(x, w_ih, b_ih), h0, w_hh, b_hh, b_f, keep, primary, aux)
 
 
+def scan_layers(scan, x: Tensor, h0: Tensor, layers, keep: Tensor | None, primary: str, aux: str):
+    """Stacked layers: ``layers`` holds (w_ih, b_ih, w_hh, b_hh, b_f) per layer, h0 is [L, B, H].
+
+    Returns y [T, B, H] of the top layer, the final state ((h [L, B, H],)) and every layer's gates, flat.
+    """
+    hs, gs, inp = [], [], x
+    for k, (w_ih, b_ih, w_hh, b_hh, b_f) in enumerate(layers):
+        inp, h, g = scan(inp, w_ih, b_ih, h0[k], w_hh, b_hh, b_f, keep, primary, aux)
+        hs.append(h)
+        gs.append(g.flatten())
+    return inp, (torch.stack(hs),), torch.cat(gs)
+
+
 class GatedGRU(GridCore):
     """A GRU with gate grid cell ``cell`` on its keep gate (default ``UR``: the UR-GRU).
 
@@ -147,18 +160,11 @@ class GatedGRU(GridCore):
             setattr(self, f"forget_bias_l{k}", b_f)
 
     def _scan(self, x: Tensor, state: State, keep: Tensor | None):
-        (h0,) = state
-        hs, gs = [], []
-        inp = x
-        for k in range(self.num_layers):
-            scan = gru_reference_scan if self.impl == "reference" else gru_fast_scan
-            inp, h, g = scan(inp, getattr(self, f"weight_ih_l{k}"), getattr(self, f"bias_ih_l{k}"), h0[k],
-                             getattr(self, f"weight_hh_l{k}"), getattr(self, f"bias_hh_l{k}"),
-                             getattr(self, f"forget_bias_l{k}"), keep, self.primary, self.aux)
-            hs.append(h)
-            gs.append(g.flatten())
-        self._gates = torch.cat(gs)
-        return inp, (torch.stack(hs),)
+        layers = [(getattr(self, f"weight_ih_l{k}"), getattr(self, f"bias_ih_l{k}"), getattr(self, f"weight_hh_l{k}"),
+                   getattr(self, f"bias_hh_l{k}"), getattr(self, f"forget_bias_l{k}")) for k in range(self.num_layers)]
+        scan = gru_reference_scan if self.impl == "reference" else gru_fast_scan
+        y, state, self._gates = scan_layers(scan, x, state[0], layers, keep, self.primary, self.aux)
+        return y, state
 
 
 class URGRU(GatedGRU):

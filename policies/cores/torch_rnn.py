@@ -2,8 +2,9 @@
 
 The fast path runs torch's fused kernel (oneDNN on CPU, cuDNN on GPU) on each time segment between
 resets, so there is no Python loop over steps when nothing resets; GRU on CPU runs the gate-grid
-GRU's compiled scan instead (resets inside, several times faster than torch's CPU GRU). ``impl="reference"`` is a plain
-autograd loop of the textbook equations, kept to test the fast path against.
+GRU's compiled scan instead (resets inside, several times faster than torch's CPU GRU).
+``impl="reference"`` is a plain autograd loop of the textbook equations, kept to test the fast
+path against.
 """
 
 from __future__ import annotations
@@ -123,18 +124,13 @@ class GRU(_TorchRNN, nn.GRU):
         # on CPU torch.gru is a loop of small ops, several times slower than torch.lstm's oneDNN
         # kernel; the gate-grid GRU's compiled scan with a plain sigmoid keep gate and no extra
         # bias is the same GRU (same equations, r applied to W_hn h + b_hn)
-        from .gated_gru import gru_fast_scan
+        from .gated_gru import gru_fast_scan, scan_layers
 
-        (h0,) = state
-        hs, gs, inp = [], [], x
         no_bias = x.new_zeros(self.hidden_size)
-        for k in range(self.num_layers):
-            w_ih, w_hh, b_ih, b_hh = self.all_weights[k]
-            inp, h, g = gru_fast_scan(inp, w_ih, b_ih, h0[k], w_hh, b_hh, no_bias, keep, "-", "-")
-            hs.append(h)
-            gs.append(g.flatten())
-        self._io, self._gates = [], torch.cat(gs)
-        return inp, (torch.stack(hs),)
+        layers = [(w_ih, b_ih, w_hh, b_hh, no_bias) for w_ih, w_hh, b_ih, b_hh in self.all_weights]
+        y, state, self._gates = scan_layers(gru_fast_scan, x, state[0], layers, keep, "-", "-")
+        self._io = []
+        return y, state
 
     def _kernel(self, x, s, w):
         out, h = torch.gru(x, s[0].unsqueeze(0), w, True, 1, 0.0, self.training, False, False)
