@@ -1,10 +1,17 @@
 """Speed of every memory core next to torch.nn.LSTM, measured alternately in one run; prints JSON.
 
     python benchmarks/cores.py [--reps 15] [--threads 2] [--clock wall|cpu] [--cores lstm,gru,urlstm,...]
+                               [--reset-prob 0.1]
 
 For each size and core: median milliseconds per call of forward+backward (train) and forward under
 no_grad (infer), and their ratio to torch.nn.LSTM at the same size. Cores are timed round-robin
 (one call of each in turn, repeated) so that machine noise hits all of them alike.
+
+``--reset-prob P`` gives every core (not the nn.LSTM baseline, which has no resets) a reset mask
+with episode starts drawn with probability P per step and sequence, as in a training minibatch of
+short episodes. ``SPEC@segments`` times a core with the compiled loop switched off: ``lstm`` then
+runs torch's fused kernel once per stretch between resets (its path on GPU, or where the loop did
+not build).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ SIZES = {  # name: (T, B, D, H)
     "T128_B64_D128_H256": (128, 64, 128, 256),
     "T128_B16_D64_H64": (128, 16, 64, 64),
     "step_B64_D128_H128": (1, 64, 128, 128),
+    "T128_B4_D128_H128": (128, 4, 128, 128),  # a PPO minibatch of vs_sb3.py's MiniGrid setting
 }
 DEFAULT_CORES = "urlstm,urgru,lstm,gru,lstm:--,lstm:UR@reference"
 
@@ -33,29 +41,36 @@ def build(name: str, D: int, H: int) -> nn.Module:
     if name == "nn.LSTM":
         return nn.LSTM(D, H)
     spec, _, impl = name.partition("@")
-    return make_core(spec, D, H, impl=impl or "fast")
+    return make_core(spec, D, H, impl="fast" if impl in ("", "segments") else impl)
 
 
-def timer(module: nn.Module, x: torch.Tensor, train: bool, clock=time.perf_counter):
+def timer(name: str, module: nn.Module, x: torch.Tensor, reset, train: bool, clock=time.perf_counter):
+    args = (x,) if name == "nn.LSTM" or reset is None else (x, None, reset)
+    compiled = kernels.extension() and not name.endswith("@segments")
+
     def call() -> float:
+        kernels._STATE["ok"] = compiled
         start = clock()
         if train:
-            y, _ = module(x)
+            y, _ = module(*args)
             y.sum().backward()
         else:
             with torch.no_grad():
-                module(x)
-        return clock() - start
+                module(*args)
+        elapsed = clock() - start
+        kernels._STATE["ok"] = kernels.extension()
+        return elapsed
     return call
 
 
-def measure(size: tuple[int, int, int, int], names: list[str], reps: int, clock) -> dict:
+def measure(size: tuple[int, int, int, int], names: list[str], reps: int, clock, reset_prob: float) -> dict:
     T, B, D, H = size
     torch.manual_seed(0)
     x = torch.randn(T, B, D)
+    reset = torch.rand(T, B) < reset_prob if reset_prob > 0 else None
     out = {}
     for train in (True, False):
-        calls = {n: timer(build(n, D, H), x.requires_grad_(train), train, clock) for n in names}
+        calls = {n: timer(n, build(n, D, H), x.requires_grad_(train), reset, train, clock) for n in names}
         for call in calls.values():  # warm-up (and first-use compilation) outside the timing
             call(), call()
         times: dict[str, list[float]] = {n: [] for n in names}
@@ -83,17 +98,22 @@ def main() -> None:
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="wall: elapsed time; cpu: this process's CPU time (steadier on a shared machine, "
                          "meaningful with --threads 1)")
+    ap.add_argument("--reset-prob", type=float, default=0.0,
+                    help="probability of an episode start per step and sequence (0: no resets)")
     args = ap.parse_args()
+    if not 0.0 <= args.reset_prob < 1.0:
+        ap.error("--reset-prob must be in [0, 1)")
     torch.set_num_threads(args.threads)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     names = ["nn.LSTM"] + [c for c in args.cores.split(",") if c]
     result = {
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
-                    "torch": torch.__version__, "compiled_loop": kernels.extension() is not None},
+                    "torch": torch.__version__, "compiled_loop": kernels.extension()},
         "reps": args.reps,
         "clock": args.clock,
+        "reset_prob": args.reset_prob,
         "load_average_1min": round(os.getloadavg()[0], 2),
-        "sizes": {s: measure(SIZES[s], names, args.reps, clock) for s in args.sizes.split(",")},
+        "sizes": {s: measure(SIZES[s], names, args.reps, clock, args.reset_prob) for s in args.sizes.split(",")},
     }
     print(json.dumps(result, indent=2))
 

@@ -91,7 +91,7 @@ def test_fast_scan_gradcheck(spec, backend):
     assert torch.autograd.gradcheck(f, (x.requires_grad_(), *h))
 
 
-@pytest.mark.parametrize("spec", GRID)
+@pytest.mark.parametrize("spec", GRID + ["lstm"])
 def test_float32_fast_close_to_reference(spec, backend):
     """float32 uses a polynomial exp in the compiled loop: still within float32 rounding of the loop."""
     ref, fast = _pair(spec, D=5, H=16, L=2)

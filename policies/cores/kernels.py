@@ -22,7 +22,7 @@ from .gates import forget_bias_grad
 
 _STATE: dict[str, bool] = {}
 PRIMARY_CODE = {"-": 0, "C": 0, "U": 0, "O": 1}
-AUX_CODE = {"-": 0, "M": 1, "R": 2}
+AUX_CODE = {"-": 0, "M": 1, "R": 2, "I": 3}  # "I": untied input gate (torch.nn.LSTM's cell; LSTM only)
 
 
 def extension() -> bool:

@@ -3,7 +3,9 @@
 // Same maths as LSTMScan / GRUScan in Python: per step one GEMM (ATen, multi-threaded BLAS) and one
 // fused pass over the gates, written so that the compiler vectorises it (float: a polynomial exp;
 // double: std::exp, used by the float64 equivalence tests). Primary gate: 0 sigmoid, 1 cumax.
-// Auxiliary gate: 0 none, 1 master (M), 2 refine (R). keep: [T, B] of 1.0 / 0.0 or undefined.
+// Auxiliary gate: 0 none, 1 master (M), 2 refine (R); for the LSTM also 3: an untied input gate
+// (torch.nn.LSTM's cell, c = f * c + i * u, blocks reordered f, i, u, o by the caller).
+// keep: [T, B] of 1.0 / 0.0 or undefined.
 // The forget bias b_f [H] is added to the primary pre-activation (and subtracted from a refine gate's)
 // inside the loop; its gradient is reduced from the returned pre-activation gradients by the caller.
 #include <ATen/ATen.h>
@@ -65,7 +67,7 @@ template <> inline float tanh_<float>(float x) {
 }
 
 template <typename T, int AUX> inline T effective(T p, T a) {
-  if (AUX == 0) return p;
+  if (AUX == 0 || AUX == 3) return p;
   T pp = p * p;
   return pp + (AUX == 2 ? T(2) : T(1)) * a * (p - pp);
 }
@@ -148,7 +150,7 @@ std::vector<Tensor> lstm_fwd_impl(const Tensor& xz, const Tensor& h0, const Tens
           T u = tanh_(sr[ou + j]);
           T o = sigm(sr[oo + j]);
           T gg = effective<T, AUX>(p, a);
-          T cc = u + gg * (cpr[j] - u);
+          T cc = AUX == 3 ? gg * cpr[j] + a * u : u + gg * (cpr[j] - u);
           sr[j] = p;
           if (AUX) sr[H + j] = a;
           sr[ou + j] = u;
@@ -189,9 +191,10 @@ std::vector<Tensor> lstm_bwd_impl(const Tensor& dy, const Tensor& dhT, const Ten
           T tc = tanh_(cr[j]);
           T dcv = dcr[j] + dhv * o * (T(1) - tc * tc);
           dzr[oo + j] = dhv * tc * (o - o * o);
-          dzr[ou + j] = dcv * (T(1) - gg) * (T(1) - u * u);
+          dzr[ou + j] = dcv * (AUX == 3 ? a : T(1) - gg) * (T(1) - u * u);
           T dp, dza;
-          gate_grad<T, AUX>(dcv * (cpr[j] - u), p, a, dp, dza);
+          if (AUX == 3) { dp = dcv * cpr[j]; dza = dcv * u * (a - a * a); }
+          else gate_grad<T, AUX>(dcv * (cpr[j] - u), p, a, dp, dza);
           dzr[j] = cumax ? dp : dp * (p - p * p);
           if (AUX) dzr[H + j] = dza;
           dcr[j] = dcv * gg;
@@ -332,7 +335,8 @@ template <typename T> const T* keep_ptr(const c10::optional<Tensor>& keep) {
   switch (aux) {                                     \
     case 0: return FN<scalar_t, 0>(__VA_ARGS__);     \
     case 1: return FN<scalar_t, 1>(__VA_ARGS__);     \
-    default: return FN<scalar_t, 2>(__VA_ARGS__);    \
+    case 2: return FN<scalar_t, 2>(__VA_ARGS__);     \
+    default: return FN<scalar_t, 3>(__VA_ARGS__);    \
   }
 
 std::vector<Tensor> lstm_fwd(const Tensor& input, const Tensor& w_ih, const Tensor& bias, const Tensor& h0,
@@ -363,6 +367,7 @@ std::vector<Tensor> lstm_bwd(const Tensor& dy, const Tensor& dhT, const Tensor& 
 std::vector<Tensor> gru_fwd(const Tensor& input, const Tensor& w_ih, const Tensor& b_ih, const Tensor& h0,
                             const Tensor& w_hh, const Tensor& b_hh, const Tensor& b_f,
                             const c10::optional<Tensor>& keep, int64_t primary, int64_t aux) {
+  TORCH_CHECK(aux >= 0 && aux <= 2, "gru_fwd: aux must be 0, 1 or 2");
   Tensor x = input_projection(input, w_ih, b_ih), h = h0.contiguous(), w = w_hh.contiguous(), bh = b_hh.contiguous();
   c10::optional<Tensor> k = keep.has_value() ? c10::optional<Tensor>(keep->contiguous()) : keep;
   return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gru_fwd", [&]() -> std::vector<Tensor> {
@@ -375,6 +380,7 @@ std::vector<Tensor> gru_bwd(const Tensor& dy, const Tensor& dhT, const Tensor& S
                             const Tensor& G, const Tensor& Hp, const Tensor& input, const Tensor& w_ih,
                             const Tensor& w_hh, const c10::optional<Tensor>& keep, int64_t primary, int64_t aux,
                             bool need_dx) {
+  TORCH_CHECK(aux >= 0 && aux <= 2, "gru_bwd: aux must be 0, 1 or 2");
   Tensor dyc = dy.contiguous(), w = w_hh.contiguous();
   c10::optional<Tensor> k = keep.has_value() ? c10::optional<Tensor>(keep->contiguous()) : keep;
   auto r = AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "gru_bwd", [&]() -> std::vector<Tensor> {

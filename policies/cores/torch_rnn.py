@@ -1,8 +1,10 @@
 """`lstm` and `gru`: torch.nn.LSTM / torch.nn.GRU themselves, made reset-aware.
 
 The fast path runs torch's fused kernel (oneDNN on CPU, cuDNN on GPU) on each time segment between
-resets, so there is no Python loop over steps when nothing resets; GRU on CPU runs the gate-grid
-GRU's compiled scan instead (resets inside, several times faster than torch's CPU GRU).
+resets, so there is no Python loop over steps when nothing resets. On CPU, with the compiled scan
+built, GRU always runs the gate-grid GRU's compiled scan (several times faster than torch's CPU GRU)
+and LSTM runs the grid's compiled LSTM loop with an untied input gate when a reset falls inside the
+sequence (one call, resets inside, instead of one per segment).
 ``impl="reference"`` is a plain autograd loop of the textbook equations, kept to test the fast
 path against.
 """
@@ -86,6 +88,28 @@ class LSTM(_TorchRNN, nn.LSTM):
         self._setup(input_size, hidden_size, num_layers, impl)
         nn.LSTM.__init__(self, input_size, hidden_size, num_layers, batch_first=batch_first)
         self.impl = impl
+
+    def _scan(self, x: Tensor, state: State, keep: Tensor | None):
+        from . import kernels
+
+        if (self.impl == "reference" or x.device.type != "cpu" or len(segment_starts(keep, x.shape[0])) == 1
+                or not kernels.extension()):
+            return super()._scan(x, state, keep)
+        # resets inside: one compiled scan per layer instead of one oneDNN call per stretch between
+        # resets (many with short episodes); the grid's LSTM loop with an untied input gate ("I") is
+        # torch.nn.LSTM's cell, its gate blocks taken in the order f, i, g, o
+        H = self.hidden_size
+        order = torch.cat([torch.arange(H, 2 * H), torch.arange(H), torch.arange(2 * H, 4 * H)]).to(x.device)
+        no_bias = x.new_zeros(H)
+        hs, cs, gates, inp = [], [], [], x
+        for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.all_weights):
+            inp, h, c, g = kernels.lstm_scan(inp, w_ih[order], (b_ih + b_hh)[order], state[0][k], state[1][k],
+                                             w_hh[order], no_bias, keep, "-", "I")
+            hs.append(h)
+            cs.append(c)
+            gates.append(g.flatten())
+        self._gates, self._io = torch.cat(gates), []
+        return inp, (torch.stack(hs), torch.stack(cs))
 
     def _kernel(self, x, s, w):
         out, h, c = torch.lstm(x, (s[0].unsqueeze(0), s[1].unsqueeze(0)), w, True, 1, 0.0, self.training, False, False)
