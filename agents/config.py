@@ -103,6 +103,9 @@ class TrainConfig:
     """IMPALA: unrolls per learner update (an update trains on learner_batch * num_envs / num_actors
     sequences of unroll_length steps). The learner takes one gradient step per update (PPO takes
     update_epochs * num_minibatches): keep updates small, e.g. 1 unroll of 4 envs per actor."""
+    learner_epochs: int = 1
+    """IMPALA: gradient steps the learner takes on each batch (1: the paper's IMPALA; more reuse the
+    batch as PPO's epochs do, each step recomputing V-trace for the moved policy)."""
     max_policy_lag: int | None = 20
     """IMPALA: drop unrolls acted by a policy more than this many updates older than the learner's
     (none: keep all)."""
@@ -187,7 +190,7 @@ class TrainConfig:
         need(isinstance(self.env_kwargs, dict), "--env-kwargs must be key=value pairs")
         need(bool(self.env) and bool(self.core), "--env and --core must not be empty")
         need(self.algo in ("ppo", "impala"), f"--algo must be ppo or impala, got {self.algo!r}")
-        for name in ("num_actors", "unroll_length", "learner_batch"):
+        for name in ("num_actors", "unroll_length", "learner_batch", "learner_epochs"):
             value = getattr(self, name)
             need(isinstance(value, int) and value > 0,
                  f"--{_flag(name)} must be a positive integer, got {value!r}")

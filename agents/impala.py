@@ -2,15 +2,16 @@
 ``take_batch()``, ``update()`` (one learner step) and ``train()``; the actors are ``agents.actors``.
 
 The learner (on ``--device``) batches ``--learner-batch`` unrolls, re-runs the core from their start
-states with resets applied inside, computes V-trace targets and takes one gradient step on the
-policy gradient (advantages ``rho_s (r_s + gamma_s v_{s+1} - V(x_s))``, normalised per batch with
+states with resets applied inside, computes V-trace targets and takes one gradient step
+(``--learner-epochs`` steps, V-trace recomputed before each) on the policy gradient (advantages ``rho_s (r_s + gamma_s v_{s+1} - V(x_s))``, normalised per batch with
 ``--norm-adv``), the value loss, the entropy bonus and the exploration floor
 (``--uniform-kl-coef``), as PPO's loss has them. It publishes new weights through a shared
 state_dict guarded by a sequence counter (no lock that a killed actor could leave held). Unrolls
 acted by a policy more than ``--max-policy-lag`` updates old are dropped.
 
-One gradient step per batch (PPO takes ``update_epochs * num_minibatches``): IMPALA needs small
-batches (few envs per actor, ``--learner-batch 1``) to get enough updates out of a step budget.
+One gradient step per batch by default (PPO takes ``update_epochs * num_minibatches``): IMPALA needs
+small batches (few envs per actor, ``--learner-batch 1``) to get enough updates out of a step
+budget, or ``--learner-epochs`` above 1.
 
 An actor that dies is reported in the log and ``actors.log`` and restarted with fresh environments;
 the learner's weights are untouched. Ctrl-C or SIGTERM stops the run after the current update and
@@ -232,7 +233,8 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
                     pool.release(slot)
                 policy.train()
                 try:
-                    losses = update(policy, optimizer, batch, cfg)
+                    for _epoch in range(cfg.learner_epochs):
+                        losses = update(policy, optimizer, batch, cfg)
                 except NonFiniteLossError as err:
                     status = f"diverged: {err}"
                     break
