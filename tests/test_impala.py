@@ -209,6 +209,14 @@ def test_stale_unrolls_are_dropped(tmp_path):
     assert s["policy_lag_mean"] == 0.0
 
 
+def test_learner_epochs_take_that_many_gradient_steps_per_batch(tmp_path):
+    code, s = run(tmp_path, "--total-steps", "96", "--learner-epochs", "3", "--eval-episodes", "0")
+    assert code == 0 and s["status"] == "finished" and s["updates"] == 3
+    saved = torch.load(os.path.join(s["run_dir"], "checkpoint.pt"), weights_only=True)
+    steps = {float(v["step"]) for v in saved["optimizer"]["state"].values()}
+    assert steps == {9.0}  # 3 updates x 3 Adam steps
+
+
 def test_killed_actor_is_restarted_and_the_run_finishes(tmp_path):
     killed = []
 

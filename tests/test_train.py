@@ -60,6 +60,7 @@ def test_bad_flag_in_a_subprocess_is_one_line_and_exit_code_2():
     (["--env-kwargs", "length"], "key=value"),
     (["--env-kwargs", "lenght=5"], "unexpected kwargs"),
     (["--device", "tpu"], "--device must be auto, cpu or cuda"),
+    (["--algo", "impala", "--learner-epochs", "0"], "--learner-epochs must be a positive integer"),
     (["eval"], "--checkpoint"),
     (["eval", "--checkpoint", "/nonexistent/run"], "no checkpoint at"),
 ])
