@@ -111,7 +111,7 @@ class CppLSTMScan(torch.autograd.Function):
         S, G, C, Hp, Cp, x, w_ih, w_hh, keep = ctx.saved_tensors
         dx, dw_ih, dbias, dh0, dc0, dw_hh = torch.ops.urlstm_scan.lstm_bwd(
             dy, dhT, dcT, S, G, C, Hp, Cp, x, w_ih, w_hh, keep, *ctx.codes, ctx.needs_input_grad[0])
-        db_f = forget_bias_grad(dbias, G.shape[-1], ctx.aux, 0, 1)
+        db_f = forget_bias_grad(dbias, G.shape[-1], ctx.aux, *((1, 0) if ctx.aux == "I" else (0, 1)))
         return (dx if ctx.needs_input_grad[0] else None), dw_ih, dbias, dh0, dc0, dw_hh, db_f, None, None, None
 
 

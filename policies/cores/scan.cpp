@@ -4,7 +4,7 @@
 // fused pass over the gates, written so that the compiler vectorises it (float: a polynomial exp;
 // double: std::exp, used by the float64 equivalence tests). Primary gate: 0 sigmoid, 1 cumax.
 // Auxiliary gate: 0 none, 1 master (M), 2 refine (R); for the LSTM also 3: an untied input gate
-// (torch.nn.LSTM's cell, c = f * c + i * u, blocks reordered f, i, u, o by the caller).
+// (torch.nn.LSTM's cell, c = f * c + i * u, in torch's block order i, f, u, o).
 // keep: [T, B] of 1.0 / 0.0 or undefined.
 // The forget bias b_f [H] is added to the primary pre-activation (and subtracted from a refine gate's)
 // inside the loop; its gradient is reduced from the returned pre-activation gradients by the caller.
@@ -120,6 +120,7 @@ std::vector<Tensor> lstm_fwd_impl(const Tensor& xz, const Tensor& h0, const Tens
                                   const Tensor& b_f, const T* keep, bool cumax) {
   const int64_t Tn = xz.size(0), B = xz.size(1), NH = xz.size(2), H = h0.size(1);
   const int64_t nb = NH / H, ou = (nb - 2) * H, oo = (nb - 1) * H;
+  const int64_t po = AUX == 3 ? H : 0, ao = AUX == 3 ? 0 : H;  // torch.nn.LSTM's blocks: i, f, g, o
   auto opt = xz.options();
   Tensor ys = at::empty({Tn, B, H}, opt), S = at::empty({Tn, B, NH}, opt), G = at::empty({Tn, B, H}, opt);
   Tensor C = at::empty({Tn, B, H}, opt), Hp = at::empty({Tn, B, H}, opt), Cp = at::empty({Tn, B, H}, opt);
@@ -145,14 +146,14 @@ std::vector<Tensor> lstm_fwd_impl(const Tensor& xz, const Tensor& h0, const Tens
         }
 #pragma GCC ivdep
         for (int64_t j = 0; j < H; ++j) {
-          T p = cumax ? sr[j] : sigm(sr[j] + bf[j]);
-          T a = AUX ? sigm(AUX == 2 ? sr[H + j] - bf[j] : sr[H + j]) : T(0);
+          T p = cumax ? sr[j] : sigm(sr[po + j] + bf[j]);
+          T a = AUX ? sigm(AUX == 2 ? sr[ao + j] - bf[j] : sr[ao + j]) : T(0);
           T u = tanh_(sr[ou + j]);
           T o = sigm(sr[oo + j]);
           T gg = effective<T, AUX>(p, a);
           T cc = AUX == 3 ? gg * cpr[j] + a * u : u + gg * (cpr[j] - u);
-          sr[j] = p;
-          if (AUX) sr[H + j] = a;
+          sr[po + j] = p;
+          if (AUX) sr[ao + j] = a;
           sr[ou + j] = u;
           sr[oo + j] = o;
           gr[j] = gg;
@@ -174,6 +175,7 @@ std::vector<Tensor> lstm_bwd_impl(const Tensor& dy, const Tensor& dhT, const Ten
                                   const Tensor& w_hh, const T* keep, bool cumax) {
   const int64_t Tn = S.size(0), B = S.size(1), NH = S.size(2), H = G.size(2);
   const int64_t nb = NH / H, ou = (nb - 2) * H, oo = (nb - 1) * H;
+  const int64_t po = AUX == 3 ? H : 0, ao = AUX == 3 ? 0 : H;
   Tensor dZ = at::empty_like(S), dh = dhT.clone(), dc = dcT.clone();
   T *dhp = dh.data_ptr<T>(), *dcp = dc.data_ptr<T>();
   for (int64_t t = Tn - 1; t >= 0; --t) {
@@ -186,7 +188,7 @@ std::vector<Tensor> lstm_bwd_impl(const Tensor& dy, const Tensor& dhT, const Ten
         T *dzr = dz + b * NH, *dhr = dhp + b * H, *dcr = dcp + b * H;
 #pragma GCC ivdep
         for (int64_t j = 0; j < H; ++j) {
-          T p = sr[j], a = AUX ? sr[H + j] : T(0), u = sr[ou + j], o = sr[oo + j], gg = gr[j];
+          T p = sr[po + j], a = AUX ? sr[ao + j] : T(0), u = sr[ou + j], o = sr[oo + j], gg = gr[j];
           T dhv = dhr[j] + dyr[j];
           T tc = tanh_(cr[j]);
           T dcv = dcr[j] + dhv * o * (T(1) - tc * tc);
@@ -195,8 +197,8 @@ std::vector<Tensor> lstm_bwd_impl(const Tensor& dy, const Tensor& dhT, const Ten
           T dp, dza;
           if (AUX == 3) { dp = dcv * cpr[j]; dza = dcv * u * (a - a * a); }
           else gate_grad<T, AUX>(dcv * (cpr[j] - u), p, a, dp, dza);
-          dzr[j] = cumax ? dp : dp * (p - p * p);
-          if (AUX) dzr[H + j] = dza;
+          dzr[po + j] = cumax ? dp : dp * (p - p * p);
+          if (AUX) dzr[ao + j] = dza;
           dcr[j] = dcv * gg;
         }
         if (cumax) cumax_row_backward(sr, dzr, H);

@@ -3,8 +3,8 @@
 The fast path runs torch's fused kernel (oneDNN on CPU, cuDNN on GPU) on each time segment between
 resets, so there is no Python loop over steps when nothing resets. On CPU, with the compiled scan
 built, GRU always runs the gate-grid GRU's compiled scan (several times faster than torch's CPU GRU)
-and LSTM runs the grid's compiled LSTM loop with an untied input gate when a reset falls inside the
-sequence (one call, resets inside, instead of one per segment).
+and LSTM runs the grid's compiled LSTM loop with an untied input gate for one-step calls and where
+resets split a sequence into many segments (one call, resets inside, instead of one per segment).
 ``impl="reference"`` is a plain autograd loop of the textbook equations, kept to test the fast
 path against.
 """
@@ -92,19 +92,20 @@ class LSTM(_TorchRNN, nn.LSTM):
     def _scan(self, x: Tensor, state: State, keep: Tensor | None):
         from . import kernels
 
-        if (self.impl == "reference" or x.device.type != "cpu" or len(segment_starts(keep, x.shape[0])) == 1
-                or not kernels.extension()):
+        # On CPU a oneDNN call costs about as much as 12 steps of its fused kernel, which runs about
+        # twice as fast per step as the compiled loop (benchmarks/cores.py --reset-prob): the loop
+        # wins for short sequences (acting: T = 1) and where resets cut a sequence into more than
+        # T / 12 segments (one oneDNN call each). The grid's LSTM loop with an untied input gate
+        # ("I") is torch.nn.LSTM's cell, on torch's weights as they are (blocks i, f, g, o).
+        T = x.shape[0]
+        if self.impl == "reference" or x.device.type != "cpu" or len(segment_starts(keep, T)) * 12 <= T \
+                or not kernels.extension():
             return super()._scan(x, state, keep)
-        # resets inside: one compiled scan per layer instead of one oneDNN call per stretch between
-        # resets (many with short episodes); the grid's LSTM loop with an untied input gate ("I") is
-        # torch.nn.LSTM's cell, its gate blocks taken in the order f, i, g, o
-        H = self.hidden_size
-        order = torch.cat([torch.arange(H, 2 * H), torch.arange(H), torch.arange(2 * H, 4 * H)]).to(x.device)
-        no_bias = x.new_zeros(H)
+        no_bias = x.new_zeros(self.hidden_size)
         hs, cs, gates, inp = [], [], [], x
         for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.all_weights):
-            inp, h, c, g = kernels.lstm_scan(inp, w_ih[order], (b_ih + b_hh)[order], state[0][k], state[1][k],
-                                             w_hh[order], no_bias, keep, "-", "I")
+            inp, h, c, g = kernels.lstm_scan(inp, w_ih, b_ih + b_hh, state[0][k], state[1][k], w_hh, no_bias, keep,
+                                             "-", "I")
             hs.append(h)
             cs.append(c)
             gates.append(g.flatten())
