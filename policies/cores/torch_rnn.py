@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import kernels
 from .base import CoreMixin, State, check_size
 
 
@@ -90,8 +91,6 @@ class LSTM(_TorchRNN, nn.LSTM):
         self.impl = impl
 
     def _scan(self, x: Tensor, state: State, keep: Tensor | None):
-        from . import kernels
-
         # On CPU a oneDNN call costs about as much as 12 steps of its fused kernel, which runs about
         # twice as fast per step as the compiled loop (benchmarks/cores.py --reset-prob): the loop
         # wins for short sequences (acting: T = 1) and where resets cut a sequence into more than
