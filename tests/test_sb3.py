@@ -324,13 +324,15 @@ def test_example_runs_and_rejects_bad_arguments(capsys):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("core, passes", [("urlstm", True), ("mlp", False)])
-def test_urlstm_learns_short_passive_tmaze(core, passes):
-    """The example's CLI, 150k steps on a length-10 passive T-maze: urlstm solves it, mlp cannot."""
+def test_urlstm_learns_a_short_memory_chain(core, passes):
+    """The adapter's CLI, 150k steps on a length-10 memory chain: urlstm solves it, mlp cannot."""
     cmd = [
         sys.executable,
         "benchmarks/sb3_adapter.py",
         "--core",
         core,
+        "--env",
+        "urlstm/MemoryChain-v0",
         "--length",
         "10",
         "--seed",
