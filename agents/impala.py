@@ -5,9 +5,10 @@ The learner (on ``--device``) batches ``--learner-batch`` unrolls, re-runs the c
 states with resets applied inside, computes V-trace targets and takes one gradient step
 (``--learner-epochs`` steps, V-trace recomputed before each) on the policy gradient (advantages
 ``rho_s (r_s + gamma_s v_{s+1} - V(x_s))``, normalised per batch with ``--norm-adv``), the value
-loss, the entropy bonus and the exploration floor (``--uniform-kl-coef``), as PPO's loss has them. It publishes new weights through a shared
-state_dict guarded by a sequence counter (no lock that a killed actor could leave held). Unrolls
-acted by a policy more than ``--max-policy-lag`` updates old are dropped.
+loss, the entropy bonus and the exploration floor (``--uniform-kl-coef``), as PPO's loss has them.
+It publishes new weights through a shared state_dict guarded by a sequence counter (no lock that a
+killed actor could leave held). Unrolls acted by a policy more than ``--max-policy-lag`` updates old
+are dropped.
 
 One gradient step per batch by default (PPO takes ``update_epochs * num_minibatches``): IMPALA needs
 small batches (few envs per actor, ``--learner-batch 1``) to get enough updates out of a step

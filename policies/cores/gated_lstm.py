@@ -119,6 +119,20 @@ def lstm_fast_scan(x, w_ih, bias, h0, c0, w_hh, b_f, keep, primary: str, aux: st
     return LSTMScan.apply(F.linear(x, w_ih, bias), h0, c0, w_hh, b_f, keep, primary, aux)
 
 
+def scan_layers(scan, x: Tensor, state: State, layers, keep: Tensor | None, primary: str, aux: str):
+    """Stacked layers: ``layers`` holds (w_ih, bias, w_hh, b_f) per layer, state is (h0, c0), each [L, B, H].
+
+    Returns y [T, B, H] of the top layer, the final state (h, c) and every layer's gates, flat.
+    """
+    hs, cs, gs, inp = [], [], [], x
+    for k, (w_ih, bias, w_hh, b_f) in enumerate(layers):
+        inp, h, c, g = scan(inp, w_ih, bias, state[0][k], state[1][k], w_hh, b_f, keep, primary, aux)
+        hs.append(h)
+        cs.append(c)
+        gs.append(g.flatten())
+    return inp, (torch.stack(hs), torch.stack(cs)), torch.cat(gs)
+
+
 class GatedLSTM(GridCore):
     """A coupled LSTM with gate grid cell ``cell`` (default ``UR``: the UR-LSTM).
 
@@ -154,19 +168,11 @@ class GatedLSTM(GridCore):
             setattr(self, f"forget_bias_l{k}", b_f)
 
     def _scan(self, x: Tensor, state: State, keep: Tensor | None):
-        h0, c0 = state
-        hs, cs, gs = [], [], []
-        inp = x
-        for k in range(self.num_layers):
-            scan = lstm_reference_scan if self.impl == "reference" else lstm_fast_scan
-            inp, h, c, g = scan(inp, getattr(self, f"weight_ih_l{k}"), getattr(self, f"bias_l{k}"), h0[k], c0[k],
-                                getattr(self, f"weight_hh_l{k}"), getattr(self, f"forget_bias_l{k}"), keep,
-                                self.primary, self.aux)
-            hs.append(h)
-            cs.append(c)
-            gs.append(g.flatten())
-        self._gates = torch.cat(gs)
-        return inp, (torch.stack(hs), torch.stack(cs))
+        layers = [(getattr(self, f"weight_ih_l{k}"), getattr(self, f"bias_l{k}"), getattr(self, f"weight_hh_l{k}"),
+                   getattr(self, f"forget_bias_l{k}")) for k in range(self.num_layers)]
+        scan = lstm_reference_scan if self.impl == "reference" else lstm_fast_scan
+        y, state, self._gates = scan_layers(scan, x, state, layers, keep, self.primary, self.aux)
+        return y, state
 
 
 class URLSTM(GatedLSTM):

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import kernels
+from . import gated_gru, gated_lstm, kernels
 from .base import CoreMixin, State, check_size
 
 
@@ -37,9 +37,9 @@ class _TorchRNN(CoreMixin):
         if impl not in ("fast", "reference"):
             raise ValueError(f"impl must be 'fast' or 'reference', got {impl!r}")
 
-    def _scan(self, x: Tensor, state: State, keep: Tensor | None):
+    def _scan(self, x: Tensor, state: State, keep: Tensor | None, starts: list[int] | None = None):
         T = x.shape[0]
-        starts = segment_starts(keep, T) + [T]
+        starts = (segment_starts(keep, T) if starts is None else starts) + [T]
         finals: list[list[Tensor]] = [[] for _ in range(self.state_size)]
         self._io = []
         inp = x
@@ -96,20 +96,16 @@ class LSTM(_TorchRNN, nn.LSTM):
         # wins for short sequences (acting: T = 1) and where resets cut a sequence into more than
         # T / 12 segments (one oneDNN call each). The grid's LSTM loop with an untied input gate
         # ("I") is torch.nn.LSTM's cell, on torch's weights as they are (blocks i, f, g, o).
-        T = x.shape[0]
-        if self.impl == "reference" or x.device.type != "cpu" or len(segment_starts(keep, T)) * 12 <= T \
-                or not kernels.extension():
+        if self.impl == "reference" or x.device.type != "cpu" or not kernels.extension():
             return super()._scan(x, state, keep)
+        starts = segment_starts(keep, x.shape[0])
+        if len(starts) * 12 <= x.shape[0]:
+            return super()._scan(x, state, keep, starts)
         no_bias = x.new_zeros(self.hidden_size)
-        hs, cs, gates, inp = [], [], [], x
-        for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.all_weights):
-            inp, h, c, g = kernels.lstm_scan(inp, w_ih, b_ih + b_hh, state[0][k], state[1][k], w_hh, no_bias, keep,
-                                             "-", "I")
-            hs.append(h)
-            cs.append(c)
-            gates.append(g.flatten())
-        self._gates, self._io = torch.cat(gates), []
-        return inp, (torch.stack(hs), torch.stack(cs))
+        layers = [(w_ih, b_ih + b_hh, w_hh, no_bias) for w_ih, w_hh, b_ih, b_hh in self.all_weights]
+        y, state, self._gates = gated_lstm.scan_layers(kernels.lstm_scan, x, state, layers, keep, "-", "I")
+        self._io = []
+        return y, state
 
     def _kernel(self, x, s, w):
         out, h, c = torch.lstm(x, (s[0].unsqueeze(0), s[1].unsqueeze(0)), w, True, 1, 0.0, self.training, False, False)
@@ -148,11 +144,9 @@ class GRU(_TorchRNN, nn.GRU):
         # on CPU torch.gru is a loop of small ops, several times slower than torch.lstm's oneDNN
         # kernel; the gate-grid GRU's compiled scan with a plain sigmoid keep gate and no extra
         # bias is the same GRU (same equations, r applied to W_hn h + b_hn)
-        from .gated_gru import gru_fast_scan, scan_layers
-
         no_bias = x.new_zeros(self.hidden_size)
         layers = [(w_ih, b_ih, w_hh, b_hh, no_bias) for w_ih, w_hh, b_ih, b_hh in self.all_weights]
-        y, state, self._gates = scan_layers(gru_fast_scan, x, state[0], layers, keep, "-", "-")
+        y, state, self._gates = gated_gru.scan_layers(gated_gru.gru_fast_scan, x, state[0], layers, keep, "-", "-")
         self._io = []
         return y, state
 
