@@ -104,8 +104,17 @@ class TrainConfig:
     sequences of unroll_length steps). The learner takes one gradient step per update (PPO takes
     update_epochs * num_minibatches): keep updates small, e.g. 1 unroll of 4 envs per actor."""
     learner_epochs: int = 1
-    """IMPALA: gradient steps the learner takes on each batch (1: the paper's IMPALA; more reuse the
-    batch as PPO's epochs do, each step recomputing V-trace for the moved policy)."""
+    """IMPALA: passes the learner makes over each batch (1: the paper's IMPALA; more reuse the batch
+    as PPO's epochs do, each step recomputing V-trace for the moved policy)."""
+    learner_minibatches: int = 1
+    """IMPALA: minibatches per pass; they split the batch's learner_batch * num_envs / num_actors
+    unrolls, so the learner takes learner_epochs * learner_minibatches gradient steps per batch."""
+    pg_loss: str = "vtrace"
+    """IMPALA: policy-gradient loss. vtrace: the paper's, rho_s A_s log pi(a_s) with A_s the V-trace
+    advantage. clipped: APPO's (as Sample Factory's), PPO's clipped surrogate of the ratio
+    pi / mu to the behaviour policy (--clip-coef) on the same advantage without rho_s; it keeps
+    several passes over a batch (--learner-epochs, --learner-minibatches) from moving the policy
+    far from the one that acted."""
     max_policy_lag: int | None = 20
     """IMPALA: drop unrolls acted by a policy more than this many updates older than the learner's
     (none: keep all)."""
@@ -190,12 +199,20 @@ class TrainConfig:
         need(isinstance(self.env_kwargs, dict), "--env-kwargs must be key=value pairs")
         need(bool(self.env) and bool(self.core), "--env and --core must not be empty")
         need(self.algo in ("ppo", "impala"), f"--algo must be ppo or impala, got {self.algo!r}")
-        for name in ("num_actors", "unroll_length", "learner_batch", "learner_epochs"):
+        for name in ("num_actors", "unroll_length", "learner_batch", "learner_epochs",
+                     "learner_minibatches"):
             value = getattr(self, name)
             need(isinstance(value, int) and value > 0,
                  f"--{_flag(name)} must be a positive integer, got {value!r}")
         need(self.algo != "impala" or self.num_envs % self.num_actors == 0,
              f"--num-envs ({self.num_envs}) must be a multiple of --num-actors ({self.num_actors})")
+        need(self.pg_loss in ("vtrace", "clipped"),
+             f"--pg-loss must be vtrace or clipped, got {self.pg_loss!r}")
+        unrolls = self.learner_batch * (self.num_envs // self.num_actors)
+        need(self.algo != "impala" or unrolls % self.learner_minibatches == 0,
+             f"--learner-minibatches ({self.learner_minibatches}) must divide the unrolls of a "
+             f"batch, learner_batch * num_envs / num_actors = {unrolls}: use one of "
+             f"{_divisors(unrolls)}")
         need(self.max_policy_lag is None or self.max_policy_lag >= 0,
              f"--max-policy-lag must be >= 0 (or none), got {self.max_policy_lag}")
         need(self.vtrace_rho_bar > 0 and self.vtrace_c_bar > 0,

@@ -70,6 +70,17 @@ class Batch:
     final_values: torch.Tensor  # [T, N]
     state: State                # core state before step 0, the opaque tuple with batch N
 
+    def split(self, parts: int) -> list["Batch"]:
+        """The unrolls in ``parts`` random groups of equal size (one group: the batch itself)."""
+        if parts == 1:
+            return [self]
+        n = self.rewards.shape[1]
+        groups = torch.randperm(n, device=self.rewards.device).view(parts, n // parts)
+
+        # every field is a tensor tree with the unrolls on dim 1 (the state: [num_layers, N, H])
+        return [Batch(**{f.name: tree_map(lambda x: x.index_select(1, idx), getattr(self, f.name))
+                         for f in dataclasses.fields(self)}) for idx in groups]
+
 
 def take_batch(buf: Buffers, slots: list[int], device: torch.device) -> Batch:
     """Copy the slots out of shared memory (after which they can be refilled)."""
@@ -83,6 +94,17 @@ def take_batch(buf: Buffers, slots: list[int], device: torch.device) -> Batch:
                  cat(buf.truncated), cat(buf.final_values), state)
 
 
+def policy_loss(logp: torch.Tensor, behaviour_logp: torch.Tensor, adv: torch.Tensor,
+                clip_coef: float | None) -> torch.Tensor:
+    """The policy-gradient loss on [T, N] tensors. ``clip_coef`` None: ``-adv * log pi``, the
+    advantage already weighted by V-trace's rho; otherwise PPO's clipped surrogate of the ratio
+    ``pi / mu`` to the behaviour policy (APPO)."""
+    if clip_coef is None:
+        return -(adv * logp).mean()
+    ratio = (logp - behaviour_logp).exp()
+    return torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip_coef, 1 + clip_coef)).mean()
+
+
 def update(policy: ActorCritic, optimizer: torch.optim.Optimizer, b: Batch,
            cfg: TrainConfig) -> dict[str, torch.Tensor]:
     """One V-trace actor-critic step on a batch of unrolls; returns loss statistics (tensors)."""
@@ -92,12 +114,13 @@ def update(policy: ActorCritic, optimizer: torch.optim.Optimizer, b: Batch,
                                                        b.prev_action, b.prev_reward,
                                                        with_uniform_kl=True)
     logp, entropy, values = logp[:T], entropy[:T], value[:T]                # [T, N]
+    clipped = cfg.pg_loss == "clipped"
     vs, pg_adv = vtrace(b.logprobs, logp.detach(), b.rewards, values.detach(), b.terminated,
                         b.truncated, value[T].detach(), b.final_values, cfg.gamma,
-                        cfg.vtrace_rho_bar, cfg.vtrace_c_bar, cfg.vtrace_lambda)
+                        cfg.vtrace_rho_bar, cfg.vtrace_c_bar, cfg.vtrace_lambda, pg_rho=not clipped)
     if cfg.norm_adv:  # as PPO does: scale-free policy gradients (small shaped rewards)
         pg_adv = (pg_adv - pg_adv.mean()) / (pg_adv.std() + 1e-8)
-    pg_loss = -(pg_adv * logp).mean()
+    pg_loss = policy_loss(logp, b.logprobs, pg_adv, cfg.clip_coef if clipped else None)
     v_loss = 0.5 * ((vs - values) ** 2).mean()
     ent, kl_u = entropy.mean(), uniform_kl[:T].mean()
     # the exploration floor PPO uses (--uniform-kl-coef): keeps the junction-type actions alive
@@ -119,6 +142,7 @@ def update(policy: ActorCritic, optimizer: torch.optim.Optimizer, b: Batch,
                 "entropy": ent.detach(), "uniform_kl": kl_u.detach(),
                 "importance_ratio": log_rho.exp().mean(),
                 "rho_clipfrac": (log_rho > math.log(cfg.vtrace_rho_bar)).float().mean(),
+                "clipfrac": ((log_rho.exp() - 1).abs() > cfg.clip_coef).float().mean(),
                 "approx_kl": ((log_rho.exp() - 1) - log_rho).mean(),
                 "explained_variance": explained}
 
@@ -235,7 +259,8 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
                 policy.train()
                 try:
                     for _epoch in range(cfg.learner_epochs):
-                        losses = update(policy, optimizer, batch, cfg)
+                        for part in batch.split(cfg.learner_minibatches):
+                            losses = update(policy, optimizer, part, cfg)
                 except NonFiniteLossError as err:
                     status = f"diverged: {err}"
                     break

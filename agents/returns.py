@@ -71,6 +71,7 @@ def vtrace(
     rho_bar: float = 1.0,
     c_bar: float = 1.0,
     lam: float = 1.0,
+    pg_rho: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """V-trace targets and policy-gradient advantages (Espeholt et al. 2018, eq. 1 and section 4.2).
 
@@ -101,6 +102,8 @@ def vtrace(
         c_bar: clip of the trace coefficients.
         lam: the paper's lambda (its remark 2), a factor on every trace coefficient: 1 gives the
             n-step return on-policy, lam < 1 the TD(lambda) return (GAE's lambda), lower variance.
+        pg_rho: multiply the policy-gradient advantage by ``rho_t`` (False: the advantage alone,
+            for a loss that weights it by the importance ratio itself, as PPO's clipped surrogate).
 
     Returns:
         (vs [T, B] value targets, pg_advantages [T, B]).
@@ -147,5 +150,5 @@ def vtrace(
     vs = values + corrections                                            # [T, B]
     vs_following = torch.cat([vs[1:], bootstrap_value.unsqueeze(0)], 0)  # [T, B]
     vs_next = torch.where(truncated, final_values, vs_following)
-    pg_advantages = rho * (rewards + discount * vs_next - values)        # [T, B]
-    return vs, pg_advantages
+    pg_advantages = rewards + discount * vs_next - values                # [T, B]
+    return vs, rho * pg_advantages if pg_rho else pg_advantages
