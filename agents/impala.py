@@ -2,17 +2,21 @@
 ``take_batch()``, ``update()`` (one learner step) and ``train()``; the actors are ``agents.actors``.
 
 The learner (on ``--device``) batches ``--learner-batch`` unrolls, re-runs the core from their start
-states with resets applied inside, computes V-trace targets and takes one gradient step
-(``--learner-epochs`` steps, V-trace recomputed before each) on the policy gradient (advantages
-``rho_s (r_s + gamma_s v_{s+1} - V(x_s))``, normalised per batch with ``--norm-adv``), the value
-loss, the entropy bonus and the exploration floor (``--uniform-kl-coef``), as PPO's loss has them.
+states with resets applied inside, computes V-trace targets and takes one gradient step on the
+policy gradient (advantages ``rho_s (r_s + gamma_s v_{s+1} - V(x_s))``, normalised per batch with
+``--norm-adv``), the value loss, the entropy bonus and the exploration floor
+(``--uniform-kl-coef``), as PPO's loss has them. ``--learner-epochs`` and ``--learner-minibatches``
+make that several passes over random groups of the batch's unrolls, V-trace recomputed for the
+moved policy at each step; ``--pg-loss clipped`` (APPO) then replaces the policy gradient by PPO's
+clipped surrogate of the ratio to the behaviour policy on the same advantages without ``rho_s``.
 It publishes new weights through a shared state_dict guarded by a sequence counter (no lock that a
 killed actor could leave held). Unrolls acted by a policy more than ``--max-policy-lag`` updates old
 are dropped.
 
-One gradient step per batch by default (PPO takes ``update_epochs * num_minibatches``): IMPALA needs
-small batches (few envs per actor, ``--learner-batch 1``) to get enough updates out of a step
-budget, or ``--learner-epochs`` above 1.
+One gradient step per batch by default (PPO takes ``update_epochs * num_minibatches``): the paper's
+IMPALA needs small batches (few envs per actor, ``--learner-batch 1``) to get enough updates out of
+a step budget; APPO gets them from PPO-sized batches (``--learner-epochs 4 --learner-minibatches
+4``).
 
 An actor that dies is reported in the log and ``actors.log`` and restarted with fresh environments;
 the learner's weights are untouched. Ctrl-C or SIGTERM stops the run after the current update and

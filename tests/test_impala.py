@@ -120,6 +120,40 @@ def test_learner_rerun_reproduces_the_behaviour_logprobs():
         logp, _, _ = policy.evaluate(batch.obs, batch.state, batch.reset, actions,
                                      batch.prev_action, batch.prev_reward)
     torch.testing.assert_close(logp[:7], batch.logprobs, rtol=1e-5, atol=1e-5)
+    # a minibatch (--learner-minibatches) keeps each unroll's observations, state and actions together
+    parts = batch.split(3)
+    assert [p.actions.shape for p in parts] == [(7, 2)] * 3
+    with torch.no_grad():
+        for part in parts:
+            actions = torch.cat([part.actions, part.actions[-1:]], 0)
+            logp, _, _ = policy.evaluate(part.obs, part.state, part.reset, actions,
+                                         part.prev_action, part.prev_reward)
+            torch.testing.assert_close(logp[:7], part.logprobs, rtol=1e-5, atol=1e-5)
+    assert sorted(torch.cat([p.rewards for p in parts], 1).sum(0).tolist()) == \
+        sorted(batch.rewards.sum(0).tolist())
+
+
+def test_clipped_policy_loss():
+    """On-policy (ratio 1) the clipped surrogate has the plain policy gradient; once the ratio leaves
+    [1 - clip, 1 + clip] in the direction the advantage pushes, that sample's gradient is zero."""
+    torch.manual_seed(0)
+    mu = -torch.rand(6, 3, dtype=torch.float64) - 0.1
+    adv = torch.randn(6, 3, dtype=torch.float64)
+    grads = []
+    for clip in (None, 0.2):
+        logp = mu.clone().requires_grad_()
+        impala.policy_loss(logp, mu, adv, clip).backward()
+        grads.append(logp.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+    logp = (mu + torch.tensor([0.5, -0.5, 0.05], dtype=torch.float64)).requires_grad_()
+    adv = torch.tensor([[1.0, -1.0, 1.0]], dtype=torch.float64).expand(6, 3)
+    impala.policy_loss(logp, mu, adv, 0.2).backward()
+    assert (logp.grad[:, :2] == 0).all() and (logp.grad[:, 2] < 0).all()
+    # the other direction is not clipped: pulled back with the full ratio
+    logp = (mu - 0.5).detach().requires_grad_()
+    impala.policy_loss(logp, mu, adv[:, :1].expand(6, 3), 0.2).backward()
+    torch.testing.assert_close(logp.grad, -torch.exp(torch.tensor(-0.5, dtype=torch.float64))
+                               .expand(6, 3) / 18)
 
 
 def test_update_changes_the_weights_and_reports_losses():
@@ -215,6 +249,15 @@ def test_learner_epochs_take_that_many_gradient_steps_per_batch(tmp_path):
     saved = torch.load(os.path.join(s["run_dir"], "checkpoint.pt"), weights_only=True)
     steps = {float(v["step"]) for v in saved["optimizer"]["state"].values()}
     assert steps == {9.0}  # 3 updates x 3 Adam steps
+
+
+def test_learner_minibatches_with_the_clipped_loss(tmp_path):
+    code, s = run(tmp_path, "--total-steps", "96", "--learner-epochs", "2", "--learner-minibatches",
+                  "4", "--pg-loss", "clipped", "--eval-episodes", "0")
+    assert code == 0 and s["status"] == "finished" and s["updates"] == 3
+    saved = torch.load(os.path.join(s["run_dir"], "checkpoint.pt"), weights_only=True)
+    steps = {float(v["step"]) for v in saved["optimizer"]["state"].values()}
+    assert steps == {24.0}  # 3 updates x 2 epochs x 4 minibatches (4 unrolls of one env each)
 
 
 def test_killed_actor_is_restarted_and_the_run_finishes(tmp_path):

@@ -61,6 +61,8 @@ def test_bad_flag_in_a_subprocess_is_one_line_and_exit_code_2():
     (["--env-kwargs", "lenght=5"], "unexpected kwargs"),
     (["--device", "tpu"], "--device must be auto, cpu or cuda"),
     (["--algo", "impala", "--learner-epochs", "0"], "--learner-epochs must be a positive integer"),
+    (["--algo", "impala", "--learner-minibatches", "3"], "--learner-minibatches (3) must divide"),
+    (["--algo", "impala", "--pg-loss", "ppo"], "--pg-loss must be vtrace or clipped"),
     (["eval"], "--checkpoint"),
     (["eval", "--checkpoint", "/nonexistent/run"], "no checkpoint at"),
 ])

@@ -96,6 +96,20 @@ def test_vtrace_lambda_matches_brute_force(seed, lam, c_bar):
     torch.testing.assert_close(adv, ref_adv)
 
 
+@pytest.mark.parametrize("rho_bar", [1.0, 0.5, 1e9])
+def test_unweighted_advantage_is_the_weighted_one_without_rho(rho_bar):
+    """pg_rho=False (for the clipped surrogate, whose ratio weights the advantage): same targets,
+    advantage = the brute-force one divided by rho_t = min(rho_bar, pi / mu)."""
+    u = random_unroll(9, 4, 5)
+    vs, adv = vtrace(u["mu_logp"], u["pi_logp"], u["rewards"], u["values"], u["terminated"],
+                     u["truncated"], u["bootstrap"], u["final_values"], 0.97, rho_bar, 1.0, 0.9,
+                     pg_rho=False)
+    ref_vs, ref_adv = brute_force_vtrace(*u.values(), 0.97, rho_bar, 1.0, 0.9)
+    rho = (u["pi_logp"] - u["mu_logp"]).exp().clamp(max=rho_bar)
+    torch.testing.assert_close(vs, ref_vs)
+    torch.testing.assert_close(adv * rho, ref_adv)
+
+
 def test_terminations_and_truncations_inside_the_unroll():
     """Hand-placed ends: a termination (no bootstrap) and a truncation (final obs value) mid-unroll,
     and both flags at once (termination wins); traces never cross them."""
