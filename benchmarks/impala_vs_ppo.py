@@ -6,6 +6,8 @@
 For each task, PPO (its default vector env: worker processes for MiniGrid, the batched native env
 for the T-maze) and IMPALA (``--num-actors`` actor processes, each with in-process envs; by default
 4 envs per actor and learner batch 1, as ``train.py --algo impala``: the small batches that learn)
+and IMPALA with the APPO loss (``--pg-loss clipped``, 4 epochs x 4 minibatches per batch, the PPO
+envs in ``--appo-num-actors`` actors, learner batch 1: the settings that learn MiniGrid-MemoryS7)
 train for a fixed number of env steps without evaluation. Reported per run: end-to-end SPS (wall
 clock from the start of ``train()``, actor start-up included) and steady SPS (from the first
 finished update to the last). Prints one JSON object.
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--impala-num-envs", type=int, default=None,
                         help="IMPALA's envs, all actors together (default: 4 per actor; "
                              "the task's PPO env count gives both the same envs)")
+    parser.add_argument("--appo-num-actors", type=int, default=1)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
@@ -103,9 +106,15 @@ def main(argv: list[str] | None = None) -> dict:
                                              num_actors=args.num_actors,
                                              unroll_length=spec["unroll_length"],
                                              learner_batch=args.learner_batch))
-        ppo_sps, impala_sps = runs["ppo"]["sps_steady"], runs["impala"]["sps_steady"]
-        runs["impala_over_ppo_steady"] = (round(impala_sps / ppo_sps, 2) if ppo_sps and impala_sps
-                                          else None)
+        runs["appo"] = measure(TrainConfig(**common, algo="impala", num_envs=spec["num_envs"],
+                                           num_actors=args.appo_num_actors,
+                                           unroll_length=spec["unroll_length"], learner_batch=1,
+                                           learner_epochs=4, learner_minibatches=4,
+                                           pg_loss="clipped"))
+        ppo_sps = runs["ppo"]["sps_steady"]
+        for name in ("impala", "appo"):
+            sps = runs[name]["sps_steady"]
+            runs[f"{name}_over_ppo_steady"] = round(sps / ppo_sps, 2) if ppo_sps and sps else None
         result["tasks"][task] = {"env": spec["env"], "env_kwargs": spec["env_kwargs"], **runs}
         print(json.dumps({task: result["tasks"][task]}), file=sys.stderr, flush=True)
     result["loadavg_before"] = [round(x, 2) for x in load_before]
