@@ -73,6 +73,8 @@ class Batch:
     truncated: torch.Tensor     # [T, N]
     final_values: torch.Tensor  # [T, N]
     state: State                # core state before step 0, the opaque tuple with batch N
+    proximal_logprobs: torch.Tensor  # [T, N] the learner's policy before this update (--pg-loss
+    #                                  clipped; the behaviour policy's until set)
 
     def split(self, parts: int) -> list["Batch"]:
         """The unrolls in ``parts`` random groups of equal size (one group: the batch itself)."""
@@ -93,30 +95,46 @@ def take_batch(buf: Buffers, slots: list[int], device: torch.device) -> Batch:
 
     # state tensors follow the [num_layers, B, H] convention: batch is dim 1
     state = tuple(torch.cat([s[i, 0] for i in slots], dim=1).to(device) for s in buf.states)
+    logprobs = cat(buf.logprobs)
     return Batch(tree_map(cat, buf.obs), cat(buf.reset), cat(buf.prev_action), cat(buf.prev_reward),
-                 cat(buf.actions), cat(buf.logprobs), cat(buf.rewards), cat(buf.terminated),
-                 cat(buf.truncated), cat(buf.final_values), state)
+                 cat(buf.actions), logprobs, cat(buf.rewards), cat(buf.terminated),
+                 cat(buf.truncated), cat(buf.final_values), state, logprobs)
+
+
+def rerun(policy: ActorCritic, b: Batch, **kwargs) -> tuple[torch.Tensor, ...]:
+    """``policy.evaluate`` on the batch's T + 1 steps (the last action row is a dummy)."""
+    actions = torch.cat([b.actions, b.actions[-1:]], 0)
+    return policy.evaluate(b.obs, b.state, b.reset, actions, b.prev_action, b.prev_reward,
+                           **kwargs)
 
 
 def policy_loss(logp: torch.Tensor, behaviour_logp: torch.Tensor, adv: torch.Tensor,
-                clip_coef: float | None) -> torch.Tensor:
-    """The policy-gradient loss on [T, N] tensors. ``clip_coef`` None: ``-adv * log pi``, the
-    advantage already weighted by V-trace's rho; otherwise PPO's clipped surrogate of the ratio
-    ``pi / mu`` to the behaviour policy (APPO)."""
+                clip_coef: float | None = None, proximal_logp: torch.Tensor | None = None,
+                rho_bar: float = 1.0) -> torch.Tensor:
+    """The policy-gradient loss on [T, N] tensors.
+
+    ``clip_coef`` None: ``-adv * log pi``, the advantage already weighted by V-trace's rho.
+    Otherwise PPO's clipped surrogate of the ratio ``pi / pi_prox`` to the proximal policy (the
+    learner's at the start of this batch's update; ``behaviour_logp`` if not given), weighted by
+    ``min(rho_bar, pi_prox / mu)`` for the actor's lag (decoupled PPO, Hilton et al. 2021). Clipping
+    against mu itself would make the lagging policies share one trust region: with a lag of k
+    updates the policy could move only 1 / (k + 1) as far per update as PPO's.
+    """
     if clip_coef is None:
         return -(adv * logp).mean()
-    ratio = (logp - behaviour_logp).exp()
-    return torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip_coef, 1 + clip_coef)).mean()
+    if proximal_logp is None:
+        proximal_logp = behaviour_logp
+    ratio = (logp - proximal_logp).exp()
+    weight = (proximal_logp - behaviour_logp).exp().clamp(max=rho_bar)
+    surrogate = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip_coef, 1 + clip_coef))
+    return (weight * surrogate).mean()
 
 
 def update(policy: ActorCritic, optimizer: torch.optim.Optimizer, b: Batch,
            cfg: TrainConfig) -> dict[str, torch.Tensor]:
     """One V-trace actor-critic step on a batch of unrolls; returns loss statistics (tensors)."""
     T = b.rewards.shape[0]
-    actions = torch.cat([b.actions, b.actions[-1:]], 0)   # [T+1, N, ...]: the last row is unused
-    logp, entropy, value, uniform_kl = policy.evaluate(b.obs, b.state, b.reset, actions,
-                                                       b.prev_action, b.prev_reward,
-                                                       with_uniform_kl=True)
+    logp, entropy, value, uniform_kl = rerun(policy, b, with_uniform_kl=True)
     logp, entropy, values = logp[:T], entropy[:T], value[:T]                # [T, N]
     clipped = cfg.pg_loss == "clipped"
     vs, pg_adv = vtrace(b.logprobs, logp.detach(), b.rewards, values.detach(), b.terminated,
@@ -124,7 +142,8 @@ def update(policy: ActorCritic, optimizer: torch.optim.Optimizer, b: Batch,
                         cfg.vtrace_rho_bar, cfg.vtrace_c_bar, cfg.vtrace_lambda, pg_rho=not clipped)
     if cfg.norm_adv:  # as PPO does: scale-free policy gradients (small shaped rewards)
         pg_adv = (pg_adv - pg_adv.mean()) / (pg_adv.std() + 1e-8)
-    pg_loss = policy_loss(logp, b.logprobs, pg_adv, cfg.clip_coef if clipped else None)
+    pg_loss = policy_loss(logp, b.logprobs, pg_adv, cfg.clip_coef if clipped else None,
+                          b.proximal_logprobs, cfg.vtrace_rho_bar)
     v_loss = 0.5 * ((vs - values) ** 2).mean()
     ent, kl_u = entropy.mean(), uniform_kl[:T].mean()
     # the exploration floor PPO uses (--uniform-kl-coef): keeps the junction-type actions alive
@@ -146,7 +165,8 @@ def update(policy: ActorCritic, optimizer: torch.optim.Optimizer, b: Batch,
                 "entropy": ent.detach(), "uniform_kl": kl_u.detach(),
                 "importance_ratio": log_rho.exp().mean(),
                 "rho_clipfrac": (log_rho > math.log(cfg.vtrace_rho_bar)).float().mean(),
-                "clipfrac": ((log_rho.exp() - 1).abs() > cfg.clip_coef).float().mean(),
+                "clipfrac": ((logp.detach() - b.proximal_logprobs).exp() - 1).abs()
+                .gt(cfg.clip_coef).float().mean(),
                 "approx_kl": ((log_rho.exp() - 1) - log_rho).mean(),
                 "explained_variance": explained}
 
@@ -261,6 +281,9 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
                 for slot in slots:
                     pool.release(slot)
                 policy.train()
+                if cfg.pg_loss == "clipped":  # PPO's old policy: the learner's, before this update
+                    with torch.no_grad():
+                        batch.proximal_logprobs = rerun(policy, batch)[0][:-1]
                 try:
                     for _epoch in range(cfg.learner_epochs):
                         for part in batch.split(cfg.learner_minibatches):
