@@ -111,10 +111,11 @@ class TrainConfig:
     unrolls, so the learner takes learner_epochs * learner_minibatches gradient steps per batch."""
     pg_loss: str = "vtrace"
     """IMPALA: policy-gradient loss. vtrace: the paper's, rho_s A_s log pi(a_s) with A_s the V-trace
-    advantage. clipped: APPO's (as Sample Factory's), PPO's clipped surrogate of the ratio
-    pi / mu to the behaviour policy (--clip-coef) on the same advantage without rho_s; it keeps
-    several passes over a batch (--learner-epochs, --learner-minibatches) from moving the policy
-    far from the one that acted."""
+    advantage. clipped (APPO): PPO's clipped surrogate (--clip-coef) of the ratio of pi to the
+    learner's policy before the update, on the same advantage weighted by min(rho-bar, that policy
+    / the behaviour policy) (decoupled PPO: the actors' lag does not shrink the trust region); it
+    keeps several passes over a batch (--learner-epochs, --learner-minibatches) near the policy the
+    update started from."""
     max_policy_lag: int | None = 20
     """IMPALA: drop unrolls acted by a policy more than this many updates older than the learner's
     (none: keep all)."""

@@ -8,7 +8,8 @@ policy gradient (advantages ``rho_s (r_s + gamma_s v_{s+1} - V(x_s))``, normalis
 (``--uniform-kl-coef``), as PPO's loss has them. ``--learner-epochs`` and ``--learner-minibatches``
 make that several passes over random groups of the batch's unrolls, V-trace recomputed for the
 moved policy at each step; ``--pg-loss clipped`` (APPO) then replaces the policy gradient by PPO's
-clipped surrogate of the ratio to the behaviour policy on the same advantages without ``rho_s``.
+clipped surrogate of the ratio to the learner's policy before the update, on the same advantages
+weighted by that policy's clipped importance weight against the actor's (``policy_loss``).
 It publishes new weights through a shared state_dict guarded by a sequence counter (no lock that a
 killed actor could leave held). Unrolls acted by a policy more than ``--max-policy-lag`` updates old
 are dropped.

@@ -3,6 +3,7 @@ an actor killed or raising mid-run is restarted, and no child process outlives a
 exception, SIGINT, SIGTERM). Plus a slow learning check on a short T-maze."""
 
 import json
+import math
 import os
 import re
 import signal
@@ -116,18 +117,14 @@ def test_learner_rerun_reproduces_the_behaviour_logprobs():
     batch = impala.take_batch(buf, [0, 1], torch.device("cpu"))
     assert batch.reset.shape == (8, 6) and batch.actions.shape == (7, 6)
     with torch.no_grad():
-        actions = torch.cat([batch.actions, batch.actions[-1:]], 0)
-        logp, _, _ = policy.evaluate(batch.obs, batch.state, batch.reset, actions,
-                                     batch.prev_action, batch.prev_reward)
+        logp = impala.rerun(policy, batch)[0]
     torch.testing.assert_close(logp[:7], batch.logprobs, rtol=1e-5, atol=1e-5)
     # a minibatch (--learner-minibatches) keeps each unroll's observations, state and actions together
     parts = batch.split(3)
     assert [p.actions.shape for p in parts] == [(7, 2)] * 3
     with torch.no_grad():
         for part in parts:
-            actions = torch.cat([part.actions, part.actions[-1:]], 0)
-            logp, _, _ = policy.evaluate(part.obs, part.state, part.reset, actions,
-                                         part.prev_action, part.prev_reward)
+            logp = impala.rerun(policy, part)[0]
             torch.testing.assert_close(logp[:7], part.logprobs, rtol=1e-5, atol=1e-5)
     assert sorted(torch.cat([p.rewards for p in parts], 1).sum(0).tolist()) == \
         sorted(batch.rewards.sum(0).tolist())
@@ -154,6 +151,18 @@ def test_clipped_policy_loss():
     impala.policy_loss(logp, mu, adv[:, :1].expand(6, 3), 0.2).backward()
     torch.testing.assert_close(logp.grad, -torch.exp(torch.tensor(-0.5, dtype=torch.float64))
                                .expand(6, 3) / 18)
+
+    # with the proximal policy (the learner's before the update): clipped against it, weighted
+    # by min(rho_bar, pi_prox / mu)
+    prox = mu + torch.tensor([0.3, 0.3, -0.7], dtype=torch.float64)
+    logp = prox.clone().requires_grad_()
+    adv = torch.ones(6, 3, dtype=torch.float64)
+    impala.policy_loss(logp, mu, adv, 0.2, prox, rho_bar=1.0).backward()
+    weight = torch.tensor([1.0, 1.0, math.exp(-0.7)], dtype=torch.float64)
+    torch.testing.assert_close(logp.grad, (-weight / 18).expand(6, 3))
+    logp = (prox + 0.5).requires_grad_()  # ratio to pi_prox e^0.5: clipped, no gradient
+    impala.policy_loss(logp, mu, adv, 0.2, prox).backward()
+    assert (logp.grad == 0).all()
 
 
 def test_update_changes_the_weights_and_reports_losses():
