@@ -74,8 +74,7 @@ class Batch:
     truncated: torch.Tensor     # [T, N]
     final_values: torch.Tensor  # [T, N]
     state: State                # core state before step 0, the opaque tuple with batch N
-    proximal_logprobs: torch.Tensor  # [T, N] the learner's policy before this update (--pg-loss
-    #                                  clipped; the behaviour policy's until set)
+    proximal_logprobs: torch.Tensor  # [T, N] PPO's old policy for --pg-loss clipped (mu until set)
 
     def split(self, parts: int) -> list["Batch"]:
         """The unrolls in ``parts`` random groups of equal size (one group: the batch itself)."""
@@ -83,7 +82,6 @@ class Batch:
             return [self]
         n = self.rewards.shape[1]
         groups = torch.randperm(n, device=self.rewards.device).view(parts, n // parts)
-
         # every field is a tensor tree with the unrolls on dim 1 (the state: [num_layers, N, H])
         return [Batch(**{f.name: tree_map(lambda x: x.index_select(1, idx), getattr(self, f.name))
                          for f in dataclasses.fields(self)}) for idx in groups]
