@@ -107,22 +107,19 @@ def rerun(policy: ActorCritic, b: Batch, **kwargs) -> tuple[torch.Tensor, ...]:
                            **kwargs)
 
 
-def policy_loss(logp: torch.Tensor, behaviour_logp: torch.Tensor, adv: torch.Tensor,
-                clip_coef: float | None = None, proximal_logp: torch.Tensor | None = None,
-                rho_bar: float = 1.0) -> torch.Tensor:
+def policy_loss(logp: torch.Tensor, behaviour_logp: torch.Tensor, proximal_logp: torch.Tensor,
+                adv: torch.Tensor, clip_coef: float | None, rho_bar: float) -> torch.Tensor:
     """The policy-gradient loss on [T, N] tensors.
 
     ``clip_coef`` None: ``-adv * log pi``, the advantage already weighted by V-trace's rho.
     Otherwise PPO's clipped surrogate of the ratio ``pi / pi_prox`` to the proximal policy (the
-    learner's at the start of this batch's update; ``behaviour_logp`` if not given), weighted by
-    ``min(rho_bar, pi_prox / mu)`` for the actor's lag (decoupled PPO, Hilton et al. 2021). Clipping
-    against mu itself would make the lagging policies share one trust region: with a lag of k
-    updates the policy could move only 1 / (k + 1) as far per update as PPO's.
+    learner's at the start of this batch's update), weighted by ``min(rho_bar, pi_prox / mu)`` for
+    the actor's lag (decoupled PPO, Hilton et al. 2021). Clipping against mu itself would make the
+    lagging policies share one trust region: with a lag of k updates the policy could move only
+    1 / (k + 1) as far per update as PPO's.
     """
     if clip_coef is None:
         return -(adv * logp).mean()
-    if proximal_logp is None:
-        proximal_logp = behaviour_logp
     ratio = (logp - proximal_logp).exp()
     weight = (proximal_logp - behaviour_logp).exp().clamp(max=rho_bar)
     surrogate = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip_coef, 1 + clip_coef))
@@ -141,8 +138,8 @@ def update(policy: ActorCritic, optimizer: torch.optim.Optimizer, b: Batch,
                         cfg.vtrace_rho_bar, cfg.vtrace_c_bar, cfg.vtrace_lambda, pg_rho=not clipped)
     if cfg.norm_adv:  # as PPO does: scale-free policy gradients (small shaped rewards)
         pg_adv = (pg_adv - pg_adv.mean()) / (pg_adv.std() + 1e-8)
-    pg_loss = policy_loss(logp, b.logprobs, pg_adv, cfg.clip_coef if clipped else None,
-                          b.proximal_logprobs, cfg.vtrace_rho_bar)
+    pg_loss = policy_loss(logp, b.logprobs, b.proximal_logprobs, pg_adv,
+                          cfg.clip_coef if clipped else None, cfg.vtrace_rho_bar)
     v_loss = 0.5 * ((vs - values) ** 2).mean()
     ent, kl_u = entropy.mean(), uniform_kl[:T].mean()
     # the exploration floor PPO uses (--uniform-kl-coef): keeps the junction-type actions alive

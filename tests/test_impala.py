@@ -139,16 +139,16 @@ def test_clipped_policy_loss():
     grads = []
     for clip in (None, 0.2):
         logp = mu.clone().requires_grad_()
-        impala.policy_loss(logp, mu, adv, clip).backward()
+        impala.policy_loss(logp, mu, mu, adv, clip, 1.0).backward()
         grads.append(logp.grad)
     torch.testing.assert_close(grads[0], grads[1])
     logp = (mu + torch.tensor([0.5, -0.5, 0.05], dtype=torch.float64)).requires_grad_()
     adv = torch.tensor([[1.0, -1.0, 1.0]], dtype=torch.float64).expand(6, 3)
-    impala.policy_loss(logp, mu, adv, 0.2).backward()
+    impala.policy_loss(logp, mu, mu, adv, 0.2, 1.0).backward()
     assert (logp.grad[:, :2] == 0).all() and (logp.grad[:, 2] < 0).all()
     # the other direction is not clipped: pulled back with the full ratio
     logp = (mu - 0.5).detach().requires_grad_()
-    impala.policy_loss(logp, mu, adv[:, :1].expand(6, 3), 0.2).backward()
+    impala.policy_loss(logp, mu, mu, adv[:, :1].expand(6, 3), 0.2, 1.0).backward()
     torch.testing.assert_close(logp.grad, -torch.exp(torch.tensor(-0.5, dtype=torch.float64))
                                .expand(6, 3) / 18)
 
@@ -157,11 +157,11 @@ def test_clipped_policy_loss():
     prox = mu + torch.tensor([0.3, 0.3, -0.7], dtype=torch.float64)
     logp = prox.clone().requires_grad_()
     adv = torch.ones(6, 3, dtype=torch.float64)
-    impala.policy_loss(logp, mu, adv, 0.2, prox, rho_bar=1.0).backward()
+    impala.policy_loss(logp, mu, prox, adv, 0.2, 1.0).backward()
     weight = torch.tensor([1.0, 1.0, math.exp(-0.7)], dtype=torch.float64)
     torch.testing.assert_close(logp.grad, (-weight / 18).expand(6, 3))
     logp = (prox + 0.5).requires_grad_()  # ratio to pi_prox e^0.5: clipped, no gradient
-    impala.policy_loss(logp, mu, adv, 0.2, prox).backward()
+    impala.policy_loss(logp, mu, prox, adv, 0.2, 1.0).backward()
     assert (logp.grad == 0).all()
 
 
