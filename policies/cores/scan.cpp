@@ -17,29 +17,16 @@
 #include <cstring>
 #include <vector>
 
-// oneDNN's fp32 matmul, exported by libtorch_cpu but not declared in its public headers. Declared
-// weak: where a torch build lacks it, the pointer is null and ATen's addmm (MKL/OpenBLAS) is used.
-// On the AMD CPUs measured here it runs the per-step GEMMs about twice as fast as MKL.
-namespace at { namespace native {
-__attribute__((weak)) void mkldnn_matmul(const at::Tensor& mat1, const at::Tensor& mat2, const at::Tensor& result,
-                                         float beta, float alpha);
-}}
-
 namespace {
 
 using at::Tensor;
 
-// out = beta * out + a @ b (out contiguous). oneDNN costs ~30 us a call more than MKL, so small
-// products (below ~2M multiply-adds, where MKL is as fast) stay with ATen.
+// out = beta * out + a @ b (out contiguous), through ATen's public BLAS ops.
 void gemm(Tensor& out, const Tensor& a, const Tensor& b, float beta) {
-  const bool big = a.size(0) * a.size(1) * b.size(1) >= (int64_t(1) << 21);
-  if (big && &at::native::mkldnn_matmul != nullptr && out.scalar_type() == at::kFloat) {
-    if (beta == 0.0f) out.zero_();  // never let an uninitialised output reach beta * out
-    at::native::mkldnn_matmul(a, b, out, beta, 1.0f);
-  } else if (beta == 0.0f) {
+  if (beta == 0.0f) {
     at::mm_out(out, a, b);
   } else {
-    at::addmm_out(out, out, a, b);
+    at::addmm_out(out, out, a, b, beta, 1.0f);
   }
 }
 
