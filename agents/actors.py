@@ -13,6 +13,9 @@ Each actor talks to the learner through its own pipe: the learner sends free slo
 answers with full ones. An actor that dies (an environment raising, a killed process) is reported
 and restarted with fresh environments. Actors are daemonic, ignore SIGINT, exit when the learner's
 pipe closes, and are terminated by ``ActorPool.close``.
+
+``Actor`` (envs, policy copy, carry; fills one slot) and the pool interface are shared with the
+second transport, ``agents.ray_actors`` (``--actors ray``); ``make_pool`` picks one.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ import torch
 from torch import multiprocessing as mp
 
 from agents.config import TrainConfig
-from agents.ppo import EpisodeStats, Timers, _initial_carry, collect
+from agents.ppo import collect
+from agents.rollout import EpisodeStats, Timers, initial_carry
 from policies.actor_critic import ActorCritic, obs_zeros, tree_map
 
 MAX_CONSECUTIVE_FAILURES = 3  # an actor dying this often in a row without one unroll stops the run
@@ -46,10 +50,10 @@ class ActorFailedError(RuntimeError):
 # ---------------------------------------------------------------------------------------------
 
 class Buffers:
-    """``num_buffers`` preallocated unroll slots in shared memory (CPU)."""
+    """``num_buffers`` preallocated unroll slots (CPU), in shared memory unless ``shared`` is off."""
 
     def __init__(self, policy: ActorCritic, num_buffers: int, unroll_length: int,
-                 envs_per_actor: int):
+                 envs_per_actor: int, shared: bool = True):
         N, T, B = num_buffers, unroll_length, envs_per_actor
         a_shape, a_dtype = policy.head.action_shape(), policy.head.action_dtype()
         self.obs = obs_zeros(policy.observation_space, (N, T + 1, B), "cpu")      # [N, T+1, B, ...]
@@ -66,10 +70,12 @@ class Buffers:
         self.states = tuple(torch.zeros(N, 1, *s.shape, dtype=s.dtype)
                             for s in policy.initial_state(B, "cpu"))
         self.version = torch.zeros(N, dtype=torch.long)                            # [N] who acted
-        for x in self._tensors():
-            x.share_memory_()
+        if shared:
+            for x in self.tensors():
+                x.share_memory_()
 
-    def _tensors(self) -> list[torch.Tensor]:
+    def tensors(self) -> list[torch.Tensor]:
+        """Every slot tensor, [N, ...] each, in a fixed order (a slot travels as ``x[slot]``)."""
         leaves: list[torch.Tensor] = []
         tree_map(leaves.append, self.obs)
         return leaves + [self.reset, self.prev_action, self.prev_reward, self.actions,
@@ -149,6 +155,56 @@ def make_actor_policy(cfg: TrainConfig, venv) -> ActorCritic:
                        head_gain=cfg.policy_head_gain)
 
 
+def actor_seed(cfg: TrainConfig, seed_offset: int, index: int, generation: int) -> int:
+    """Seed of actor ``index``'s envs and RNG: disjoint per actor, fresh after each restart."""
+    B = cfg.num_envs // cfg.num_actors
+    return cfg.seed + seed_offset + index * B + generation * 7919 * cfg.num_envs
+
+
+class Actor:
+    """What one actor holds, whatever carries its unrolls: its envs, a CPU copy of the policy and
+    the carry (observation, memory, episode) from one unroll into the next.
+
+    ``unroll`` writes T steps of the B envs into a slot of a ``Buffers``; the process transport
+    writes into shared memory, the Ray transport into a private one-slot buffer it returns.
+    """
+
+    def __init__(self, cfg: TrainConfig, seed: int):
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        B, T = cfg.num_envs // cfg.num_actors, cfg.unroll_length
+        # ppo.collect's view of one unroll: T steps of B envs, one start state
+        self.local = dataclasses.replace(cfg, num_envs=B, num_actors=1, num_steps=T, seq_len=T,
+                                         num_minibatches=1, seed=seed)
+        self.venv = make_actor_envs(cfg, B, seed)
+        self.policy = make_actor_policy(cfg, self.venv)
+        self.policy.eval()
+        self.device = torch.device("cpu")
+        self.carry = initial_carry(self.policy, self.venv, self.local, self.device)
+        self.stats, self.timers = EpisodeStats(), Timers()
+        self.values, self.next_value = torch.zeros(T, B), torch.zeros(B)
+
+    def unroll(self, buffers: Buffers, slot: int, version: int) -> tuple[dict, float, float]:
+        """Fill ``slot``; returns the episodes that ended in it and the env and inference seconds."""
+        T = self.local.num_steps
+        view = _SlotView(buffers, slot, T, self.values, self.next_value)
+        c = self.carry = collect(self.policy, self.venv, view, self.carry, self.local, self.stats,
+                                 self.timers, self.device)
+        tree_map(lambda buf, x: buf[slot, T].copy_(x), buffers.obs, c.obs)  # only bootstrapped from
+        buffers.reset[slot, T], buffers.prev_action[slot, T] = c.reset, c.prev_action
+        buffers.prev_reward[slot, T] = c.prev_reward
+        buffers.version[slot] = version
+        s = self.stats
+        episodes = {"r": s.new_returns, "l": s.new_lengths, "s": s.new_successes}
+        s.new_returns, s.new_lengths, s.new_successes = [], [], []
+        out = episodes, self.timers.env, self.timers.inference
+        self.timers.reset()
+        return out
+
+    def close(self) -> None:
+        self.venv.close()
+
+
 def actor(index: int, cfg_dict: dict, seed: int, buffers: Buffers, weights: SharedWeights,
           conn: Connection, parent_pid: int) -> None:
     """One actor process: wait for a free slot, fill it with an unroll, send it back; repeat.
@@ -159,24 +215,10 @@ def actor(index: int, cfg_dict: dict, seed: int, buffers: Buffers, weights: Shar
     signal.signal(signal.SIGINT, signal.SIG_IGN)                 # Ctrl-C is the learner's to handle
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))        # run `finally` (close envs)
     torch.set_num_threads(1)
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    cfg = TrainConfig.from_dict(cfg_dict)
-    B = cfg.num_envs // cfg.num_actors
-    T = cfg.unroll_length
-    # ppo.collect's view of one unroll: T steps of B envs, one start state
-    local = dataclasses.replace(cfg, num_envs=B, num_actors=1, num_steps=T, seq_len=T,
-                                num_minibatches=1, seed=seed)
-    venv = None
+    me = None
     try:
-        venv = make_actor_envs(cfg, B, seed)
-        policy = make_actor_policy(cfg, venv)
-        policy.eval()
-        version = weights.fetch(policy, have=-1)
-        device = torch.device("cpu")
-        carry = _initial_carry(policy, venv, local, device)
-        stats, timers = EpisodeStats(), Timers()
-        values, next_value = torch.zeros(T, B), torch.zeros(B)
+        me = Actor(TrainConfig.from_dict(cfg_dict), seed)
+        version = weights.fetch(me.policy, have=-1)
         free: list[int] = []
         while True:
             while not free or conn.poll(0):
@@ -189,19 +231,9 @@ def actor(index: int, cfg_dict: dict, seed: int, buffers: Buffers, weights: Shar
                     return
                 free.append(msg)
             slot = free.pop(0)
-            version = weights.fetch(policy, have=version)
-            view = _SlotView(buffers, slot, T, values, next_value)
-            carry = collect(policy, venv, view, carry, local, stats, timers, device)
-            # observation T: only bootstrapped from
-            tree_map(lambda buf, x: buf[slot, T].copy_(x), buffers.obs, carry.obs)
-            buffers.reset[slot, T] = carry.reset
-            buffers.prev_action[slot, T] = carry.prev_action
-            buffers.prev_reward[slot, T] = carry.prev_reward
-            buffers.version[slot] = version
-            episodes = {"r": stats.new_returns, "l": stats.new_lengths, "s": stats.new_successes}
-            conn.send(("unroll", slot, episodes, timers.env, timers.inference))
-            stats.new_returns, stats.new_lengths, stats.new_successes = [], [], []
-            timers.reset()
+            version = weights.fetch(me.policy, have=version)
+            episodes, env_s, inference_s = me.unroll(buffers, slot, version)
+            conn.send(("unroll", slot, episodes, env_s, inference_s))
     except (EOFError, BrokenPipeError, ConnectionResetError):
         return                                                   # the learner closed the pipe
     except Exception as err:  # noqa: BLE001 - reported to the learner, which restarts this actor
@@ -212,8 +244,8 @@ def actor(index: int, cfg_dict: dict, seed: int, buffers: Buffers, weights: Shar
             pass
         sys.exit(1)
     finally:
-        if venv is not None:
-            venv.close()
+        if me is not None:
+            me.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,16 +253,22 @@ def actor(index: int, cfg_dict: dict, seed: int, buffers: Buffers, weights: Shar
 # ---------------------------------------------------------------------------------------------
 
 class ActorPool:
-    """Starts, watches and restarts the actor processes; hands the learner full slots."""
+    """Starts, watches and restarts the actor processes; hands the learner full slots.
 
-    def __init__(self, cfg: TrainConfig, policy: ActorCritic, weights: SharedWeights,
-                 seed_offset: int, report: Callable[[str], None]):
+    The interface the learner sees, shared with ``agents.ray_actors.RayActorPool``: ``publish``
+    weights, ``start``, ``wait`` for unrolls (restarting dead actors), ``take`` a full slot of
+    ``buffers`` and ``release`` it, ``close``; and the counters ``full``, ``restarts``, ``errors``,
+    ``episodes``, ``env_s`` and ``inference_s``.
+    """
+
+    def __init__(self, cfg: TrainConfig, policy: ActorCritic, seed_offset: int,
+                 report: Callable[[str], None]):
         self.cfg = cfg
         # slots owned by each actor: enough for a batch while every actor keeps one to fill
         self.per_actor = max(2, -(-cfg.learner_batch // cfg.num_actors) + 1)
         self.buffers = Buffers(policy, cfg.num_actors * self.per_actor, cfg.unroll_length,
                                cfg.num_envs // cfg.num_actors)
-        self.weights = weights
+        self.weights = SharedWeights(policy)
         self.seed_offset = seed_offset
         self.report = report
         self.ctx = mp.get_context("spawn")  # safe with CUDA in the learner and with its threads
@@ -250,14 +288,16 @@ class ActorPool:
     def owner(self, slot: int) -> int:
         return slot // self.per_actor
 
+    def publish(self, policy: ActorCritic, version: int) -> None:
+        """Make the learner's weights the ones actors act with from their next unroll."""
+        self.weights.publish(policy, version)
+
     def start(self) -> None:
         for i in range(self.cfg.num_actors):
             self._start(i)
 
     def _start(self, i: int) -> None:
-        B = self.cfg.num_envs // self.cfg.num_actors
-        seed = (self.cfg.seed + self.seed_offset + i * B
-                + self.generation[i] * 7919 * self.cfg.num_envs)
+        seed = actor_seed(self.cfg, self.seed_offset, i, self.generation[i])
         mine, theirs = self.ctx.Pipe(duplex=True)
         p = self.ctx.Process(target=actor, name=f"impala-actor-{i}", daemon=True,
                              args=(i, self.cfg.to_dict(), seed, self.buffers, self.weights, theirs,
@@ -375,3 +415,13 @@ class ActorPool:
         for c in self.conns:
             if c is not None:
                 c.close()
+
+
+def make_pool(cfg: TrainConfig, policy: ActorCritic, seed_offset: int,
+              report: Callable[[str], None]):
+    """The actor pool of ``cfg.actors``: local processes or Ray actors, one interface."""
+    if cfg.actors == "ray":
+        from agents.ray_actors import RayActorPool
+
+        return RayActorPool(cfg, policy, seed_offset, report)
+    return ActorPool(cfg, policy, seed_offset, report)

@@ -12,15 +12,13 @@ from __future__ import annotations
 import os
 import random
 import tempfile
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from agents.rollout import Carry, env_actions, initial_carry
 from policies.actor_critic import obs_to_tensor, tree_map
-
-if TYPE_CHECKING:
-    from agents.ppo import Carry
 
 FORMAT = "urlstm-ppo-checkpoint"
 VERSION = 1
@@ -88,7 +86,7 @@ def compact_actions(actions: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 def save(run_dir: str, *, cfg, policy, optimizer, global_step: int, update: int, wall_time_s: float,
-         carry: "Carry", stats, best_success_rate: float | None,
+         carry: Carry, stats, best_success_rate: float | None,
          action_log: list[torch.Tensor] | None) -> str:
     """Write ``run_dir/checkpoint.pt`` atomically (temp file + rename); returns its path."""
     if action_log is not None and len(action_log) > 1:
@@ -149,18 +147,16 @@ def load(location: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 def restore_envs(data: dict, venv, policy, cfg, device: torch.device,
-                 action_log: list[torch.Tensor]) -> "Carry":
+                 action_log: list[torch.Tensor]) -> Carry:
     """Bring ``venv`` back to where the checkpoint stopped and return the carry to continue with.
 
     With a recorded action log the envs are reset with the run's seed and the actions replayed (exact
     resume); otherwise they are re-seeded with ``seed + global_step`` and the memory starts empty.
     """
-    from agents.ppo import Carry, _initial_carry, env_actions
-
     actions = data.get("actions")
     if actions is None:
         reseeded = cfg.__class__(**{**cfg.to_dict(), "seed": cfg.seed + data["global_step"]})
-        return _initial_carry(policy, venv, reseeded, device)
+        return initial_carry(policy, venv, reseeded, device)
     venv.reset(seed=cfg.seed)
     space = venv.single_action_space
     dtype = policy.head.action_dtype()

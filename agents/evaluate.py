@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from agents.rollout import env_actions
 from policies.actor_critic import ActorCritic, obs_to_tensor
 
 MAX_EVAL_STEPS = 2_000_000  # env steps, all envs together: a guard against episodes that never end
@@ -22,7 +23,6 @@ def evaluate(policy: ActorCritic, cfg, device: torch.device, episodes: int, gree
         reports no success), "greedy"}.
     """
     import envs
-    from agents.ppo import env_actions
 
     n = max(1, min(episodes, num_envs or cfg.num_envs))
     seed = cfg.seed + 10_000 if seed is None else seed
@@ -73,8 +73,6 @@ def record_gif(policy: ActorCritic, cfg, device: torch.device, file: str, greedy
     """
     import envs
     from PIL import Image
-
-    from agents.ppo import env_actions
 
     seed = cfg.seed + 20_000 if seed is None else seed
     try:

@@ -44,12 +44,13 @@ import torch
 from torch import nn
 
 from agents import checkpoint as ckpt
-from agents.actors import ActorFailedError, ActorPool, Buffers, SharedWeights
+from agents.actors import ActorFailedError, Buffers, make_pool
 from agents.config import TrainConfig
 from agents.logger import Logger
-from agents.ppo import (Carry, EpisodeStats, NonFiniteLossError, Timers, _log, _postfix, _StopFlag,
-                        interim_eval)
+from agents.evaluate import finish_run
+from agents.ppo import NonFiniteLossError, _log, _postfix, _StopFlag, interim_eval
 from agents.returns import vtrace
+from agents.rollout import Carry, EpisodeStats, Timers
 from policies.actor_critic import ActorCritic, obs_zeros, tree_map
 
 State = tuple[torch.Tensor, ...]
@@ -197,8 +198,6 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
     """
     from tqdm import tqdm
 
-    from agents.evaluate import finish_run
-
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
     stats, timers = EpisodeStats(), Timers()
     logger = Logger(run_dir, purge_step=resume["global_step"] if resume else None)
@@ -220,9 +219,8 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
         with open(os.path.join(run_dir, "actors.log"), "a") as f:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} step {global_step}: {message}\n")
 
-    weights = SharedWeights(policy)
-    weights.publish(policy, update_idx)
-    pool = ActorPool(cfg, policy, weights, seed_offset=global_step, report=report)
+    pool = make_pool(cfg, policy, seed_offset=global_step, report=report)  # --actors local or ray
+    pool.publish(policy, update_idx)
 
     def save() -> str:
         return ckpt.save(run_dir, cfg=cfg, policy=policy, optimizer=optimizer,
@@ -288,7 +286,7 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
                     status = f"diverged: {err}"
                     break
                 update_idx += 1
-                weights.publish(policy, update_idx)
+                pool.publish(policy, update_idx)
                 timers.learn += time.perf_counter() - l0
                 timers.env += pool.env_s
                 timers.inference += pool.inference_s

@@ -13,22 +13,19 @@ from __future__ import annotations
 import math
 import signal
 import time
-from collections import deque
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
-from gymnasium import spaces
 from torch import nn
 
 from agents import checkpoint as ckpt
 from agents.config import TrainConfig
+from agents.evaluate import evaluate, finish_run
 from agents.logger import Logger
 from agents.returns import gae
+from agents.rollout import Carry, EpisodeStats, Timers, env_actions, initial_carry, stack_obs
 from policies.actor_critic import ActorCritic, obs_to_tensor, obs_zeros, tree_map
-
-State = tuple[torch.Tensor, ...]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -61,104 +58,6 @@ class Rollout:
         self.states = tuple(torch.zeros(T // cfg.seq_len, *s.shape, dtype=s.dtype, device=device)
                             for s in template)
         self.next_value = torch.zeros(B, device=device)                         # [B]
-
-
-@dataclass
-class Carry:
-    """What flows from one rollout into the next: the current observation and memory."""
-
-    obs: Any                    # [B, ...] tensor tree
-    reset: torch.Tensor         # [B] bool: obs starts an episode
-    prev_action: torch.Tensor   # [B, *action_shape]
-    prev_reward: torch.Tensor   # [B]
-    state: State                # core state before obs
-
-
-class EpisodeStats:
-    """Finished episodes: returns, lengths and success flags (numpy, no tensor syncs)."""
-
-    def __init__(self, window: int = 100):
-        self.returns: deque[float] = deque(maxlen=window)
-        self.lengths: deque[int] = deque(maxlen=window)
-        self.successes: deque[float] = deque(maxlen=window)
-        self.new_returns: list[float] = []
-        self.new_lengths: list[int] = []
-        self.new_successes: list[float] = []
-        self.episodes = 0
-
-    def add(self, info: dict) -> None:
-        if "_episode" in info and info["_episode"].any():
-            m = info["_episode"]
-            r, l = info["episode"]["r"][m], info["episode"]["l"][m]
-            self.new_returns += r.tolist()
-            self.new_lengths += l.tolist()
-            self.episodes += int(m.sum())
-        if "_success" in info and info["_success"].any():
-            self.new_successes += np.asarray(info["success"])[info["_success"]].tolist()
-
-    def flush(self) -> dict[str, float]:
-        """Means over the episodes that finished since the last flush."""
-        out = {}
-        if self.new_returns:
-            out["episodic_return"] = float(np.mean(self.new_returns))
-            out["episodic_length"] = float(np.mean(self.new_lengths))
-        if self.new_successes:
-            out["success_rate"] = float(np.mean(self.new_successes))
-        self.returns.extend(self.new_returns)
-        self.lengths.extend(self.new_lengths)
-        self.successes.extend(self.new_successes)
-        self.new_returns, self.new_lengths, self.new_successes = [], [], []
-        return out
-
-    def recent(self) -> tuple[float | None, float | None]:
-        ret = float(np.mean(self.returns)) if self.returns else None
-        succ = float(np.mean(self.successes)) if self.successes else None
-        return ret, succ
-
-    def state_dict(self) -> dict:
-        return {"returns": list(self.returns), "lengths": list(self.lengths),
-                "successes": list(self.successes), "episodes": self.episodes}
-
-    def load_state_dict(self, d: dict) -> None:
-        self.returns.extend(d["returns"])
-        self.lengths.extend(d["lengths"])
-        self.successes.extend(d["successes"])
-        self.episodes = d["episodes"]
-
-
-# ---------------------------------------------------------------------------------------------
-# env <-> tensors
-# ---------------------------------------------------------------------------------------------
-
-def env_actions(space: spaces.Space, action: torch.Tensor) -> np.ndarray:
-    """Policy actions [B, ...] -> what the vector env takes (Discrete start added, Box clipped)."""
-    a = action.cpu().numpy()
-    if isinstance(space, spaces.Discrete):
-        return a + space.start if space.start else a
-    if isinstance(space, spaces.MultiDiscrete) and np.any(getattr(space, "start", 0)):
-        return a + space.start
-    if isinstance(space, spaces.Box):
-        return np.clip(a, space.low, space.high).astype(space.dtype)
-    return a
-
-
-def stack_obs(space: spaces.Space, items: list) -> Any:
-    """A list of single observations -> one batched numpy observation."""
-    if isinstance(space, spaces.Dict):
-        return {k: stack_obs(s, [o[k] for o in items]) for k, s in space.spaces.items()}
-    if isinstance(space, spaces.Tuple):
-        return tuple(stack_obs(s, [o[i] for o in items]) for i, s in enumerate(space.spaces))
-    return np.stack([np.asarray(o) for o in items])
-
-
-class Timers:
-    """Seconds spent in env stepping, inference and learning (perf/ scalars)."""
-
-    def __init__(self) -> None:
-        self.env = self.inference = self.learn = 0.0
-
-    def reset(self) -> None:
-        self.env = self.inference = self.learn = 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,17 +201,6 @@ def update(policy: ActorCritic, optimizer: torch.optim.Optimizer, ro: Rollout,
 # train
 # ---------------------------------------------------------------------------------------------
 
-def _initial_carry(policy: ActorCritic, venv, cfg: TrainConfig, device: torch.device) -> Carry:
-    obs, _ = venv.reset(seed=cfg.seed)
-    B = cfg.num_envs
-    return Carry(obs=obs_to_tensor(policy.observation_space, obs, device),
-                 reset=torch.ones(B, dtype=torch.bool, device=device),
-                 prev_action=torch.zeros(B, *policy.head.action_shape(), dtype=policy.head.action_dtype(),
-                                         device=device),
-                 prev_reward=torch.zeros(B, device=device),
-                 state=policy.initial_state(B, device))
-
-
 class _StopFlag:
     """First Ctrl-C: finish the current update, save, stop. Second Ctrl-C: abort at once."""
 
@@ -358,8 +246,6 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
     """
     from tqdm import tqdm
 
-    from agents.evaluate import evaluate, finish_run
-
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
     ro = Rollout(cfg, policy, device)
     stats, timers = EpisodeStats(), Timers()
@@ -376,7 +262,7 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
         carry = ckpt.restore_envs(resume, venv, policy, cfg, device, action_log)
         ckpt.set_rng_state(resume["rng"])
     else:
-        carry = _initial_carry(policy, venv, cfg, device)
+        carry = initial_carry(policy, venv, cfg, device)
 
     def save() -> str:
         return ckpt.save(run_dir, cfg=cfg, policy=policy, optimizer=optimizer, global_step=global_step,
@@ -453,8 +339,6 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
 
 def interim_eval(logger: Logger, policy: ActorCritic, cfg: TrainConfig, device: torch.device, step: int) -> None:
     """32 greedy episodes in fresh envs, logged as charts/eval_*; touches no training RNG."""
-    from agents.evaluate import evaluate
-
     result = evaluate(policy, cfg, device, episodes=32, greedy=True, num_envs=32)
     logger.scalar("charts/eval_return", result["return_mean"], step)
     if result["success_rate"] is not None:

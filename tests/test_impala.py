@@ -103,7 +103,7 @@ def test_learner_rerun_reproduces_the_behaviour_logprobs():
     policy = actors.make_actor_policy(cfg, venv)
     buf = actors.Buffers(policy, num_buffers=2, unroll_length=7, envs_per_actor=3)
     local = TrainConfig(**{**cfg.to_dict(), "num_steps": 7, "seq_len": 7, "num_minibatches": 1})
-    carry = ppo._initial_carry(policy, venv, local, torch.device("cpu"))
+    carry = ppo.initial_carry(policy, venv, local, torch.device("cpu"))
     stats, timers = ppo.EpisodeStats(), ppo.Timers()
     for slot in (0, 1):
         view = actors._SlotView(buf, slot, 7, torch.zeros(7, 3), torch.zeros(3))
@@ -172,7 +172,7 @@ def test_update_changes_the_weights_and_reports_losses():
     policy = actors.make_actor_policy(cfg, venv)
     buf = actors.Buffers(policy, 1, 5, 2)
     local = TrainConfig(**{**cfg.to_dict(), "num_steps": 5, "seq_len": 5, "num_minibatches": 1})
-    carry = ppo._initial_carry(policy, venv, local, torch.device("cpu"))
+    carry = ppo.initial_carry(policy, venv, local, torch.device("cpu"))
     view = actors._SlotView(buf, 0, 5, torch.zeros(5, 2), torch.zeros(2))
     ppo.collect(policy, venv, view, carry, local, ppo.EpisodeStats(), ppo.Timers(),
                 torch.device("cpu"))

@@ -72,7 +72,7 @@ def test_truncation_bootstraps_from_final_obs_with_current_state():
     venv = train.make_env(cfg)
     policy = train.make_policy(cfg, venv, torch.device("cpu"))
     ro = ppo.Rollout(cfg, policy, torch.device("cpu"))
-    carry = ppo._initial_carry(policy, venv, cfg, torch.device("cpu"))
+    carry = ppo.initial_carry(policy, venv, cfg, torch.device("cpu"))
     finals = {}
     orig_step = venv.step
 
