@@ -1,90 +1,10 @@
-"""One thin TensorBoard writer with fixed tag prefixes, plus the run folder's JSON files."""
+"""The learners' run folder: the TensorBoard writer with fixed tag prefixes and the JSON files.
 
-from __future__ import annotations
+One implementation, in ``runfolder`` (shared with ``supervised``); this module names it for the
+learners (``Logger``, with ``purge_step`` for a resumed run).
+"""
 
-import json
-import math
-import os
-import re
-import subprocess
-import time
-from typing import Any
+from runfolder import PREFIXES, git_commit, make_run_dir, read_json, write_json
+from runfolder import Writer as Logger
 
-import torch
-
-PREFIXES = ("charts/", "losses/", "perf/", "memory/")
-
-
-class Logger:
-    """SummaryWriter restricted to the prefixes charts/, losses/, perf/, memory/."""
-
-    def __init__(self, run_dir: str, purge_step: int | None = None):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.run_dir = run_dir
-        self.writer = SummaryWriter(run_dir, purge_step=purge_step, flush_secs=30)
-
-    def scalar(self, tag: str, value: float, step: int) -> None:
-        assert tag.startswith(PREFIXES), tag
-        if value is not None and not (isinstance(value, float) and math.isnan(value)):
-            self.writer.add_scalar(tag, value, step)
-
-    def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
-        assert tag.startswith(PREFIXES), tag
-        values = values.detach().float().cpu()
-        values = values[torch.isfinite(values)]
-        if values.numel():
-            self.writer.add_histogram(tag, values, step)
-
-    def write_json(self, name: str, data: dict[str, Any]) -> None:
-        write_json(os.path.join(self.run_dir, name), data)
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-def write_json(file: str, data: dict[str, Any]) -> None:
-    """Write JSON atomically."""
-    tmp = f"{file}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-        f.write("\n")
-    os.replace(tmp, file)
-
-
-def read_json(file: str) -> dict | None:
-    """The JSON object in ``file``, or None when it is missing or unreadable."""
-    try:
-        with open(file) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def git_commit() -> str | None:
-    """The checkout's commit (with '-dirty' when it has changes), or None outside git."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                                timeout=5).stdout.strip()
-        if not commit:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def make_run_dir(logdir: str, env: str, core: str, seed: int, run_name: str | None = None) -> str:
-    """Create ``logdir/<env>__<core>__s<seed>__<YYYYmmdd-HHMMSS>`` (or ``logdir/run_name``)."""
-    if run_name is None:
-        safe = lambda s: re.sub(r"[^A-Za-z0-9_.-]+", "-", s).strip("-")  # noqa: E731
-        run_name = f"{safe(env)}__{safe(core)}__s{seed}__{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = os.path.join(logdir, run_name)
-    base, n = run_dir, 1
-    while os.path.exists(run_dir):
-        n += 1
-        run_dir = f"{base}-{n}"
-    os.makedirs(run_dir)
-    return run_dir
+__all__ = ["PREFIXES", "Logger", "git_commit", "make_run_dir", "read_json", "write_json"]
