@@ -362,7 +362,7 @@ def test_a_stale_build_lock_left_by_a_killed_process_does_not_hang():
 
     if os.environ.get("URLSTM_NO_EXT", "") not in ("", "0"):
         pytest.skip("URLSTM_NO_EXT: no build")
-    code = ("from policies.cores import kernels; d = kernels._build_dir(); d.mkdir(parents=True, exist_ok=True); "
+    code = ("from policies.cores import kernels; d = kernels.build_dir(); d.mkdir(parents=True, exist_ok=True); "
             "(d / 'lock').touch(); kernels.extension(); print((d / 'lock').exists())")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=root)

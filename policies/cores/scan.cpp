@@ -102,38 +102,40 @@ template <typename T> void scale_rows(T* x, const T* keep, int64_t B, int64_t H)
 }
 
 // ---------------------------------------------------------------- LSTM grid
-template <typename T, int AUX>
+template <typename T, int AUX, bool CUMAX>
 std::vector<Tensor> lstm_fwd_impl(const Tensor& xz, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
-                                  const Tensor& b_f, const T* keep, bool cumax) {
+                                  const Tensor& b_f, const T* keep, bool save) {
   const int64_t Tn = xz.size(0), B = xz.size(1), NH = xz.size(2), H = h0.size(1);
   const int64_t nb = NH / H, ou = (nb - 2) * H, oo = (nb - 1) * H;
   const int64_t po = AUX == 3 ? H : 0, ao = AUX == 3 ? 0 : H;  // torch.nn.LSTM's blocks: i, f, g, o
+  const int64_t Ts = save ? Tn : 1;  // without a backward to come, one step of scratch is reused
   auto opt = xz.options();
-  Tensor ys = at::empty({Tn, B, H}, opt), S = at::empty({Tn, B, NH}, opt), G = at::empty({Tn, B, H}, opt);
-  Tensor C = at::empty({Tn, B, H}, opt), Hp = at::empty({Tn, B, H}, opt), Cp = at::empty({Tn, B, H}, opt);
+  Tensor ys = at::empty({Tn, B, H}, opt), S = at::empty({Ts, B, NH}, opt), G = at::empty({Tn, B, H}, opt);
+  Tensor C = at::empty({Ts, B, H}, opt), Hp = at::empty({Ts, B, H}, opt), Cp = at::empty({Ts, B, H}, opt);
   Tensor w_t = w_hh.t();  // [H, NH] view: both GEMM libraries take the transposed layout as is
   const T *hlast = h0.data_ptr<T>(), *clast = c0.data_ptr<T>(), *bf = b_f.data_ptr<T>();
   for (int64_t t = 0; t < Tn; ++t) {
-    T* hp = Hp[t].data_ptr<T>();
-    T* cp = Cp[t].data_ptr<T>();
+    const int64_t ts = save ? t : 0;
+    T* hp = Hp[ts].data_ptr<T>();
+    T* cp = Cp[ts].data_ptr<T>();
     const T* kt = keep ? keep + t * B : nullptr;
     masked_copy(hlast, kt, hp, B, H);
     masked_copy(clast, kt, cp, B, H);
-    Tensor st = S[t];
+    Tensor st = S[ts];
     st.copy_(xz[t]);
-    gemm(st, Hp[t], w_t, 1.0f);  // pre-activations, activated in place below
-    T *s = st.data_ptr<T>(), *g = G[t].data_ptr<T>(), *c = C[t].data_ptr<T>(), *y = ys[t].data_ptr<T>();
+    gemm(st, Hp[ts], w_t, 1.0f);  // pre-activations, activated in place below
+    T *s = st.data_ptr<T>(), *g = G[t].data_ptr<T>(), *c = C[ts].data_ptr<T>(), *y = ys[t].data_ptr<T>();
     at::parallel_for(0, B, grain(NH), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         T *sr = s + b * NH, *gr = g + b * H, *cr = c + b * H, *yr = y + b * H;
         const T* cpr = cp + b * H;
-        if (cumax) {
+        if (CUMAX) {
           for (int64_t j = 0; j < H; ++j) sr[j] += bf[j];
           cumax_row(sr, sr, H);
         }
 #pragma GCC ivdep
         for (int64_t j = 0; j < H; ++j) {
-          T p = cumax ? sr[j] : sigm(sr[po + j] + bf[j]);
+          T p = CUMAX ? sr[j] : sigm(sr[po + j] + bf[j]);
           T a = AUX ? sigm(AUX == 2 ? sr[ao + j] - bf[j] : sr[ao + j]) : T(0);
           T u = tanh_(sr[ou + j]);
           T o = sigm(sr[oo + j]);
@@ -152,14 +154,15 @@ std::vector<Tensor> lstm_fwd_impl(const Tensor& xz, const Tensor& h0, const Tens
     hlast = y;
     clast = c;
   }
-  Tensor hT = ys[Tn - 1].clone(), cT = C[Tn - 1].clone();
+  Tensor hT = ys[Tn - 1].clone(), cT = C[Ts - 1].clone();
+  if (!save) return {ys, hT, cT, G};
   return {ys, hT, cT, G, S, C, Hp, Cp};
 }
 
-template <typename T, int AUX>
+template <typename T, int AUX, bool CUMAX>
 std::vector<Tensor> lstm_bwd_impl(const Tensor& dy, const Tensor& dhT, const Tensor& dcT, const Tensor& S,
                                   const Tensor& G, const Tensor& C, const Tensor& Hp, const Tensor& Cp,
-                                  const Tensor& w_hh, const T* keep, bool cumax) {
+                                  const Tensor& w_hh, const T* keep) {
   const int64_t Tn = S.size(0), B = S.size(1), NH = S.size(2), H = G.size(2);
   const int64_t nb = NH / H, ou = (nb - 2) * H, oo = (nb - 1) * H;
   const int64_t po = AUX == 3 ? H : 0, ao = AUX == 3 ? 0 : H;
@@ -184,11 +187,11 @@ std::vector<Tensor> lstm_bwd_impl(const Tensor& dy, const Tensor& dhT, const Ten
           T dp, dza;
           if (AUX == 3) { dp = dcv * cpr[j]; dza = dcv * u * (a - a * a); }
           else gate_grad<T, AUX>(dcv * (cpr[j] - u), p, a, dp, dza);
-          dzr[po + j] = cumax ? dp : dp * (p - p * p);
+          dzr[po + j] = CUMAX ? dp : dp * (p - p * p);
           if (AUX) dzr[ao + j] = dza;
           dcr[j] = dcv * gg;
         }
-        if (cumax) cumax_row_backward(sr, dzr, H);
+        if (CUMAX) cumax_row_backward(sr, dzr, H);
       }
     });
     gemm(dh, dZ[t], w_hh, 0.0f);
@@ -202,34 +205,36 @@ std::vector<Tensor> lstm_bwd_impl(const Tensor& dy, const Tensor& dhT, const Ten
 }
 
 // ---------------------------------------------------------------- GRU grid
-template <typename T, int AUX>
+template <typename T, int AUX, bool CUMAX>
 std::vector<Tensor> gru_fwd_impl(const Tensor& xz, const Tensor& h0, const Tensor& w_hh, const Tensor& b_hh,
-                                 const Tensor& b_f, const T* keep, bool cumax) {
+                                 const Tensor& b_f, const T* keep, bool save) {
   const int64_t Tn = xz.size(0), B = xz.size(1), NH = xz.size(2), H = h0.size(1);
+  const int64_t Ts = save ? Tn : 1;  // without a backward to come, one step of scratch is reused
   auto opt = xz.options();
-  Tensor ys = at::empty({Tn, B, H}, opt), S = at::empty({Tn, B, NH}, opt), G = at::empty({Tn, B, H}, opt);
-  Tensor HN = at::empty({Tn, B, H}, opt), Hp = at::empty({Tn, B, H}, opt), hz = at::empty({B, NH}, opt);
+  Tensor ys = at::empty({Tn, B, H}, opt), S = at::empty({Ts, B, NH}, opt), G = at::empty({Tn, B, H}, opt);
+  Tensor HN = at::empty({Ts, B, H}, opt), Hp = at::empty({Ts, B, H}, opt), hz = at::empty({B, NH}, opt);
   Tensor w_t = w_hh.t();  // [H, NH] view
   const T *hlast = h0.data_ptr<T>(), *bf = b_f.data_ptr<T>();
   for (int64_t t = 0; t < Tn; ++t) {
-    T* hp = Hp[t].data_ptr<T>();
+    const int64_t ts = save ? t : 0;
+    T* hp = Hp[ts].data_ptr<T>();
     masked_copy(hlast, keep ? keep + t * B : nullptr, hp, B, H);
     hz.copy_(b_hh.expand({B, NH}));
-    gemm(hz, Hp[t], w_t, 1.0f);
+    gemm(hz, Hp[ts], w_t, 1.0f);
     const T *x = xz[t].data_ptr<T>(), *hzp = hz.data_ptr<T>();
-    T *s = S[t].data_ptr<T>(), *g = G[t].data_ptr<T>(), *hn = HN[t].data_ptr<T>(), *y = ys[t].data_ptr<T>();
+    T *s = S[ts].data_ptr<T>(), *g = G[t].data_ptr<T>(), *hn = HN[ts].data_ptr<T>(), *y = ys[t].data_ptr<T>();
     at::parallel_for(0, B, grain(NH), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const T *xr = x + b * NH, *hr = hzp + b * NH, *hpr = hp + b * H;
         T *sr = s + b * NH, *gr = g + b * H, *hnr = hn + b * H, *yr = y + b * H;
-        if (cumax) {
+        if (CUMAX) {
           for (int64_t j = 0; j < H; ++j) sr[H + j] = xr[H + j] + hr[H + j] + bf[j];
           cumax_row(sr + H, sr + H, H);
         }
 #pragma GCC ivdep
         for (int64_t j = 0; j < H; ++j) {
           T r = sigm(xr[j] + hr[j]);
-          T p = cumax ? sr[H + j] : sigm(xr[H + j] + hr[H + j] + bf[j]);
+          T p = CUMAX ? sr[H + j] : sigm(xr[H + j] + hr[H + j] + bf[j]);
           T n = tanh_(xr[2 * H + j] + r * hr[2 * H + j]);
           T a = AUX ? sigm(xr[3 * H + j] + hr[3 * H + j] - (AUX == 2 ? bf[j] : T(0))) : T(0);
           T gg = effective<T, AUX>(p, a);
@@ -245,12 +250,13 @@ std::vector<Tensor> gru_fwd_impl(const Tensor& xz, const Tensor& h0, const Tenso
     });
     hlast = y;
   }
+  if (!save) return {ys, ys[Tn - 1].clone(), G};
   return {ys, ys[Tn - 1].clone(), G, S, HN, Hp};
 }
 
-template <typename T, int AUX>
+template <typename T, int AUX, bool CUMAX>
 std::vector<Tensor> gru_bwd_impl(const Tensor& dy, const Tensor& dhT, const Tensor& S, const Tensor& HN,
-                                 const Tensor& G, const Tensor& Hp, const Tensor& w_hh, const T* keep, bool cumax) {
+                                 const Tensor& G, const Tensor& Hp, const Tensor& w_hh, const T* keep) {
   const int64_t Tn = S.size(0), B = S.size(1), NH = S.size(2), H = G.size(2);
   Tensor dX = at::empty_like(S), dHZ = at::empty_like(S), dh = dhT.clone(), dnext = at::empty_like(dhT);
   T *dhp = dh.data_ptr<T>(), *dnp = dnext.data_ptr<T>();
@@ -271,12 +277,12 @@ std::vector<Tensor> gru_bwd_impl(const Tensor& dy, const Tensor& dhT, const Tens
           T dp, dza;
           gate_grad<T, AUX>(dhv * (hpr[j] - n), p, a, dp, dza);
           dxr[j] = drpre;
-          dxr[H + j] = cumax ? dp : dp * (p - p * p);
+          dxr[H + j] = CUMAX ? dp : dp * (p - p * p);
           dxr[2 * H + j] = dnpre;
           if (AUX) dxr[3 * H + j] = dza;
           dnr[j] = dhv * gg;
         }
-        if (cumax) cumax_row_backward(sr + H, dxr + H, H);
+        if (CUMAX) cumax_row_backward(sr + H, dxr + H, H);
         std::memcpy(dhzr, dxr, sizeof(T) * NH);
         for (int64_t j = 0; j < H; ++j) dhzr[2 * H + j] = dxr[2 * H + j] * sr[j];
       }
@@ -320,21 +326,25 @@ template <typename T> const T* keep_ptr(const c10::optional<Tensor>& keep) {
   return keep.has_value() && keep->defined() ? keep->data_ptr<T>() : nullptr;
 }
 
-#define DISPATCH_AUX(aux, FN, ...)                   \
-  switch (aux) {                                     \
-    case 0: return FN<scalar_t, 0>(__VA_ARGS__);     \
-    case 1: return FN<scalar_t, 1>(__VA_ARGS__);     \
-    case 2: return FN<scalar_t, 2>(__VA_ARGS__);     \
-    default: return FN<scalar_t, 3>(__VA_ARGS__);    \
+// The gate codes are template arguments, so that each cell's inner loop has no branch and vectorises.
+#define DISPATCH_CELL(primary, aux, FN, ...)                                  \
+  switch (aux * 2 + (primary == 1)) {                                         \
+    case 0: return FN<scalar_t, 0, false>(__VA_ARGS__);                       \
+    case 1: return FN<scalar_t, 0, true>(__VA_ARGS__);                        \
+    case 2: return FN<scalar_t, 1, false>(__VA_ARGS__);                       \
+    case 3: return FN<scalar_t, 1, true>(__VA_ARGS__);                        \
+    case 4: return FN<scalar_t, 2, false>(__VA_ARGS__);                       \
+    case 5: return FN<scalar_t, 2, true>(__VA_ARGS__);                        \
+    default: return FN<scalar_t, 3, false>(__VA_ARGS__);                      \
   }
 
 std::vector<Tensor> lstm_fwd(const Tensor& input, const Tensor& w_ih, const Tensor& bias, const Tensor& h0,
                              const Tensor& c0, const Tensor& w_hh, const Tensor& b_f,
-                             const c10::optional<Tensor>& keep, int64_t primary, int64_t aux) {
+                             const c10::optional<Tensor>& keep, int64_t primary, int64_t aux, bool save) {
   Tensor x = input_projection(input, w_ih, bias), h = h0.contiguous(), c = c0.contiguous(), w = w_hh.contiguous();
   c10::optional<Tensor> k = keep.has_value() ? c10::optional<Tensor>(keep->contiguous()) : keep;
   return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_fwd", [&]() -> std::vector<Tensor> {
-    DISPATCH_AUX(aux, lstm_fwd_impl, x, h, c, w, b_f.contiguous(), keep_ptr<scalar_t>(k), primary == 1)
+    DISPATCH_CELL(primary, aux, lstm_fwd_impl, x, h, c, w, b_f.contiguous(), keep_ptr<scalar_t>(k), save)
   });
 }
 
@@ -346,8 +356,8 @@ std::vector<Tensor> lstm_bwd(const Tensor& dy, const Tensor& dhT, const Tensor& 
   Tensor dyc = dy.contiguous(), w = w_hh.contiguous();
   c10::optional<Tensor> k = keep.has_value() ? c10::optional<Tensor>(keep->contiguous()) : keep;
   auto r = AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "lstm_bwd", [&]() -> std::vector<Tensor> {
-    DISPATCH_AUX(aux, lstm_bwd_impl, dyc, dhT.contiguous(), dcT.contiguous(), S, G, C, Hp, Cp, w,
-                 keep_ptr<scalar_t>(k), primary == 1)
+    DISPATCH_CELL(primary, aux, lstm_bwd_impl, dyc, dhT.contiguous(), dcT.contiguous(), S, G, C, Hp, Cp, w,
+                 keep_ptr<scalar_t>(k))
   });
   auto p = projection_backward(r[0], input, w_ih, need_dx);
   return {p[0], p[1], p[2], r[1], r[2], r[3]};
@@ -355,12 +365,12 @@ std::vector<Tensor> lstm_bwd(const Tensor& dy, const Tensor& dhT, const Tensor& 
 
 std::vector<Tensor> gru_fwd(const Tensor& input, const Tensor& w_ih, const Tensor& b_ih, const Tensor& h0,
                             const Tensor& w_hh, const Tensor& b_hh, const Tensor& b_f,
-                            const c10::optional<Tensor>& keep, int64_t primary, int64_t aux) {
+                            const c10::optional<Tensor>& keep, int64_t primary, int64_t aux, bool save) {
   TORCH_CHECK(aux >= 0 && aux <= 2, "gru_fwd: aux must be 0, 1 or 2");
   Tensor x = input_projection(input, w_ih, b_ih), h = h0.contiguous(), w = w_hh.contiguous(), bh = b_hh.contiguous();
   c10::optional<Tensor> k = keep.has_value() ? c10::optional<Tensor>(keep->contiguous()) : keep;
   return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gru_fwd", [&]() -> std::vector<Tensor> {
-    DISPATCH_AUX(aux, gru_fwd_impl, x, h, w, bh, b_f.contiguous(), keep_ptr<scalar_t>(k), primary == 1)
+    DISPATCH_CELL(primary, aux, gru_fwd_impl, x, h, w, bh, b_f.contiguous(), keep_ptr<scalar_t>(k), save)
   });
 }
 
@@ -373,7 +383,7 @@ std::vector<Tensor> gru_bwd(const Tensor& dy, const Tensor& dhT, const Tensor& S
   Tensor dyc = dy.contiguous(), w = w_hh.contiguous();
   c10::optional<Tensor> k = keep.has_value() ? c10::optional<Tensor>(keep->contiguous()) : keep;
   auto r = AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "gru_bwd", [&]() -> std::vector<Tensor> {
-    DISPATCH_AUX(aux, gru_bwd_impl, dyc, dhT.contiguous(), S, HN, G, Hp, w, keep_ptr<scalar_t>(k), primary == 1)
+    DISPATCH_CELL(primary, aux, gru_bwd_impl, dyc, dhT.contiguous(), S, HN, G, Hp, w, keep_ptr<scalar_t>(k))
   });
   auto p = projection_backward(r[0], input, w_ih, need_dx);
   return {p[0], p[1], p[2], r[1], r[2], r[3]};
@@ -383,11 +393,11 @@ std::vector<Tensor> gru_bwd(const Tensor& dy, const Tensor& dhT, const Tensor& S
 
 TORCH_LIBRARY(urlstm_scan, m) {
   m.def("lstm_fwd(Tensor x, Tensor w_ih, Tensor bias, Tensor h0, Tensor c0, Tensor w_hh, Tensor b_f, Tensor? keep, "
-        "int primary, int aux) -> Tensor[]");
+        "int primary, int aux, bool save) -> Tensor[]");
   m.def("lstm_bwd(Tensor dy, Tensor dhT, Tensor dcT, Tensor S, Tensor G, Tensor C, Tensor Hp, Tensor Cp, "
         "Tensor x, Tensor w_ih, Tensor w_hh, Tensor? keep, int primary, int aux, bool need_dx) -> Tensor[]");
   m.def("gru_fwd(Tensor x, Tensor w_ih, Tensor b_ih, Tensor h0, Tensor w_hh, Tensor b_hh, Tensor b_f, Tensor? keep, "
-        "int primary, int aux) -> Tensor[]");
+        "int primary, int aux, bool save) -> Tensor[]");
   m.def("gru_bwd(Tensor dy, Tensor dhT, Tensor S, Tensor HN, Tensor G, Tensor Hp, Tensor x, Tensor w_ih, "
         "Tensor w_hh, Tensor? keep, int primary, int aux, bool need_dx) -> Tensor[]");
 }
