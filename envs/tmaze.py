@@ -48,23 +48,23 @@ class TMazeVector(BatchedEnv):
     Args:
         num_envs: N.
         length: corridor length L >= 1 (memory horizon).
-        active: active variant (cue one cell behind the start) instead of passive.
         seed: env i uses seed + i on the first reset.
         render_mode: None or "rgb_array".
 
-    Observations float32 [N, 2]; actions int [N] in {0, 1, 2, 3}.
+    Observations float32 [N, 2]; actions int [N] in {0, 1, 2, 3}. The variant is the class
+    attribute ``active`` (cue one cell behind the start when True): the subclasses below.
     """
+
+    active = False
 
     def __init__(
         self,
         num_envs: int,
         length: int = 50,
-        active: bool = False,
         seed: int | None = None,
         render_mode: str | None = None,
     ) -> None:
         self.length = check_positive_int("length", length)
-        self.active = bool(active)
         obs_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
         super().__init__(num_envs, obs_space, spaces.Discrete(4), seed, render_mode)
         self.min_x = -1 if self.active else 0
@@ -130,27 +130,11 @@ class TMazeVector(BatchedEnv):
 class TMazePassiveVector(TMazeVector):
     """Batched passive T-maze; see :class:`TMazeVector`."""
 
-    def __init__(
-        self,
-        num_envs: int,
-        length: int = 50,
-        seed: int | None = None,
-        render_mode: str | None = None,
-    ) -> None:
-        super().__init__(num_envs, length, False, seed, render_mode)
-
 
 class TMazeActiveVector(TMazeVector):
     """Batched active T-maze; see :class:`TMazeVector`."""
 
-    def __init__(
-        self,
-        num_envs: int,
-        length: int = 50,
-        seed: int | None = None,
-        render_mode: str | None = None,
-    ) -> None:
-        super().__init__(num_envs, length, True, seed, render_mode)
+    active = True
 
 
 class TMazePassiveEnv(SingleEnv):
@@ -158,14 +142,8 @@ class TMazePassiveEnv(SingleEnv):
 
     batched_cls = TMazePassiveVector
 
-    def __init__(self, length: int = 50, render_mode: str | None = None) -> None:
-        super().__init__(render_mode=render_mode, length=length)
-
 
 class TMazeActiveEnv(SingleEnv):
     """Single active T-maze (``urlstm/TMazeActive-v0``, kwarg ``length``); obs float32 [2]."""
 
     batched_cls = TMazeActiveVector
-
-    def __init__(self, length: int = 50, render_mode: str | None = None) -> None:
-        super().__init__(render_mode=render_mode, length=length)

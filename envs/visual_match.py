@@ -84,23 +84,23 @@ class VisualMatchVector(BatchedEnv):
     Args:
         num_envs: N.
         distractor_steps: D >= 0, length of the distractor phase (memory length).
-        active: active variant (cue in the other half of the first room).
         seed: env i uses seed + i on the first reset.
         render_mode: None or "rgb_array".
 
-    Observations uint8 [N, 5, 5, 3]; actions int [N] in {0, 1, 2, 3}.
+    Observations uint8 [N, 5, 5, 3]; actions int [N] in {0, 1, 2, 3}. The variant is the class
+    attribute ``active`` (cue in the other half of the first room when True): the subclasses below.
     """
+
+    active = False
 
     def __init__(
         self,
         num_envs: int,
         distractor_steps: int = 60,
-        active: bool = False,
         seed: int | None = None,
         render_mode: str | None = None,
     ) -> None:
         self.distractor_steps = check_positive_int("distractor_steps", distractor_steps, 0)
-        self.active = bool(active)
         obs_space = spaces.Box(0, 255, shape=(5, 5, 3), dtype=np.uint8)
         super().__init__(num_envs, obs_space, spaces.Discrete(4), seed, render_mode)
         self.max_episode_steps = CUE_STEPS + self.distractor_steps + CHOICE_STEPS
@@ -197,27 +197,11 @@ class VisualMatchVector(BatchedEnv):
 class VisualMatchPassiveVector(VisualMatchVector):
     """Batched passive visual match; see :class:`VisualMatchVector`."""
 
-    def __init__(
-        self,
-        num_envs: int,
-        distractor_steps: int = 60,
-        seed: int | None = None,
-        render_mode: str | None = None,
-    ) -> None:
-        super().__init__(num_envs, distractor_steps, False, seed, render_mode)
-
 
 class VisualMatchActiveVector(VisualMatchVector):
     """Batched active visual match; see :class:`VisualMatchVector`."""
 
-    def __init__(
-        self,
-        num_envs: int,
-        distractor_steps: int = 60,
-        seed: int | None = None,
-        render_mode: str | None = None,
-    ) -> None:
-        super().__init__(num_envs, distractor_steps, True, seed, render_mode)
+    active = True
 
 
 class VisualMatchPassiveEnv(SingleEnv):
@@ -225,14 +209,8 @@ class VisualMatchPassiveEnv(SingleEnv):
 
     batched_cls = VisualMatchPassiveVector
 
-    def __init__(self, distractor_steps: int = 60, render_mode: str | None = None) -> None:
-        super().__init__(render_mode=render_mode, distractor_steps=distractor_steps)
-
 
 class VisualMatchActiveEnv(SingleEnv):
     """Single active visual match (``urlstm/VisualMatchActive-v0``, kwarg distractor_steps)."""
 
     batched_cls = VisualMatchActiveVector
-
-    def __init__(self, distractor_steps: int = 60, render_mode: str | None = None) -> None:
-        super().__init__(render_mode=render_mode, distractor_steps=distractor_steps)
