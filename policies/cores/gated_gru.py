@@ -108,9 +108,16 @@ class GRUScan(torch.autograd.Function):
 
 
 def gru_fast_scan(x, w_ih, b_ih, h0, w_hh, b_hh, b_f, keep, primary: str, aux: str):
-    """The fast scan: the compiled loop on CPU when it built, else GRUScan. Same signature as the reference."""
+    """The fast scan: the compiled loop on CPU when it built, the Triton kernels on CUDA when triton
+    imports, else GRUScan. Same signature as the reference."""
+    from . import triton_scan
+
     if x.device.type == "cpu" and kernels.extension():
         return kernels.gru_scan(x, w_ih, b_ih, h0, w_hh, b_hh, b_f, keep, primary, aux)
+    if triton_scan.usable(x, h0.shape[-1]):
+        out = triton_scan.gru_scan(x, w_ih, b_ih, h0, w_hh, b_hh, b_f, keep, primary, aux)
+        if out is not None:  # None: the kernel does not build for this GPU (warned once)
+            return out
     return GRUScan.apply(F.linear(x, w_ih, b_ih), h0, w_hh, b_hh, b_f, keep, primary, aux)
 
 

@@ -113,9 +113,16 @@ class LSTMScan(torch.autograd.Function):
 
 
 def lstm_fast_scan(x, w_ih, bias, h0, c0, w_hh, b_f, keep, primary: str, aux: str):
-    """The fast scan: the compiled loop on CPU when it built, else LSTMScan. Same signature as the reference."""
+    """The fast scan: the compiled loop on CPU when it built, the Triton kernels on CUDA when triton
+    imports, else LSTMScan. Same signature as the reference."""
+    from . import triton_scan
+
     if x.device.type == "cpu" and kernels.extension():
         return kernels.lstm_scan(x, w_ih, bias, h0, c0, w_hh, b_f, keep, primary, aux)
+    if triton_scan.usable(x, h0.shape[-1]):
+        out = triton_scan.lstm_scan(x, w_ih, bias, h0, c0, w_hh, b_f, keep, primary, aux)
+        if out is not None:  # None: the kernel does not build for this GPU (warned once)
+            return out
     return LSTMScan.apply(F.linear(x, w_ih, bias), h0, c0, w_hh, b_f, keep, primary, aux)
 
 
