@@ -7,6 +7,7 @@ The string literal under each field is its help text (train.py reads it). Invali
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,6 +127,13 @@ class TrainConfig:
     vtrace_lambda: float = 0.95
     """IMPALA: V-trace's lambda, a factor on the trace coefficients (0.95: TD(lambda) targets and
     advantages, as GAE's lambda in PPO; 1: the paper's n-step targets, with more variance)."""
+    actors: str = "local"
+    """IMPALA: how the actors run. local: processes on this machine writing unrolls into shared
+    memory. ray: Ray actors returning unrolls through Ray's object store, restarted by Ray when
+    they die, on this machine or across a cluster (--ray-address; needs pip install -e ".[ray]")."""
+    ray_address: str | None = None
+    """With --actors ray: the Ray cluster to join, auto or HOST:PORT of `ray start --head` (none:
+    start a private Ray instance with this machine's CPUs, stopped at the end of the run)."""
 
     # --- run --------------------------------------------------------------------------------------
     seed: int = 1
@@ -220,6 +228,12 @@ class TrainConfig:
              "--vtrace-rho-bar and --vtrace-c-bar must be positive")
         need(0.0 <= self.vtrace_lambda <= 1.0,
              f"--vtrace-lambda must be in [0, 1], got {self.vtrace_lambda}")
+        need(self.actors in ("local", "ray"), f"--actors must be local or ray, got {self.actors!r}")
+        need(self.actors == "local" or self.algo == "impala",
+             "--actors ray needs --algo impala (PPO scales out with torchrun: docs/distributed.md)")
+        need(self.ray_address is None or self.actors == "ray", "--ray-address needs --actors ray")
+        need(self.actors != "ray" or importlib.util.find_spec("ray") is not None,
+             "--actors ray needs Ray: pip install -e \".[ray]\"")
 
     @property
     def num_sequences(self) -> int:
@@ -251,7 +265,8 @@ class TrainConfig:
 
 
 # fields that --resume lets a person change
-RESUMABLE_OVERRIDES = ("total_steps", "device", "torch_threads", "eval_episodes", "eval_every",
+RESUMABLE_OVERRIDES = ("actors", "ray_address", "total_steps", "device", "torch_threads",
+                       "eval_episodes", "eval_every",
                        "save_every", "progress", "log_every", "eval_greedy")
 
 
