@@ -133,7 +133,11 @@ def parse_eval(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--greedy", action=argparse.BooleanOptionalAction, default=True,
                         help="take the most likely action (default); --no-greedy samples from the policy")
     parser.add_argument("--seed", type=int, default=None, help="env seed (default: training seed + 10000)")
-    parser.add_argument("--num-envs", type=int, default=None, help="envs in parallel (default: the run's)")
+    parser.add_argument("--num-envs", type=int, default=None,
+                        help="envs in parallel (default: one per episode, as many as fit in memory)")
+    parser.add_argument("--max-episode-steps", type=int, default=None,
+                        help="the step guard: stop with an error when an episode runs longer "
+                             "(default: 100000)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
     args = parser.parse_args(list(argv))
@@ -141,6 +145,8 @@ def parse_eval(argv: Sequence[str]) -> argparse.Namespace:
         raise UsageError(f"--episodes must be >= 1, got {args.episodes}")
     if args.num_envs is not None and args.num_envs < 1:
         raise UsageError(f"--num-envs must be >= 1, got {args.num_envs}")
+    if args.max_episode_steps is not None and args.max_episode_steps < 1:
+        raise UsageError(f"--max-episode-steps must be >= 1, got {args.max_episode_steps}")
     return args
 
 
@@ -233,6 +239,14 @@ def run_train(argv: Sequence[str], stop=None) -> tuple[int, dict | None]:
     seed_everything(cfg.seed)
     venv = make_env(cfg, num_envs=1 if cfg.algo == "impala" else None)  # IMPALA's actors make their own
     policy = make_policy(cfg, venv, device)
+    if cfg.eval_episodes or cfg.eval_every:  # before any time is spent: can the evaluations run?
+        from agents.evaluate import check_episode_limit, eval_envs
+        try:
+            check_episode_limit(venv, cfg.env)
+            eval_envs(policy, device, max(cfg.eval_episodes, 1))
+        except BaseException:
+            venv.close()
+            raise
     if resume is not None:
         run_dir = os.path.dirname(os.path.abspath(resume["path"]))
     else:
@@ -297,7 +311,8 @@ def run_eval(argv: Sequence[str]) -> int:
         raise ckpt.CheckpointError(f"checkpoint weights do not fit its own config: {_one_line(err)[:200]}")
     policy.eval()
     result = evaluate(policy, cfg, device, episodes=args.episodes, greedy=args.greedy, seed=args.seed,
-                      num_envs=args.num_envs)
+                      num_envs=args.num_envs, max_episode_steps=args.max_episode_steps,
+                      note=lambda text: print(f"note: {text}", file=sys.stderr))
     result.update(checkpoint=data["path"], env=cfg.env, core=cfg.core, global_step=data["global_step"])
     if args.video:
         try:
@@ -404,6 +419,7 @@ def run_report(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from agents.checkpoint import CheckpointError
+    from agents.evaluate import EvaluationError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -416,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv[:1] == ["train"]:
             argv = argv[1:]
         return run_train(argv)[0]
-    except (UsageError, ConfigError, CheckpointError) as err:
+    except (UsageError, ConfigError, CheckpointError, EvaluationError) as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
 

@@ -339,7 +339,7 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
 
 def interim_eval(logger: Logger, policy: ActorCritic, cfg: TrainConfig, device: torch.device, step: int) -> None:
     """32 greedy episodes in fresh envs, logged as charts/eval_*; touches no training RNG."""
-    result = evaluate(policy, cfg, device, episodes=32, greedy=True, num_envs=32)
+    result = evaluate(policy, cfg, device, episodes=32, greedy=True)
     logger.scalar("charts/eval_return", result["return_mean"], step)
     if result["success_rate"] is not None:
         logger.scalar("charts/eval_success_rate", result["success_rate"], step)
