@@ -214,13 +214,14 @@ def run_train(argv: Sequence[str], stop=None) -> tuple[int, dict | None]:
     import torch
 
     from agents import checkpoint as ckpt
-    from agents import impala, ppo
+    from agents import distributed, impala, ppo
     from agents.logger import git_commit, make_run_dir, write_json
 
     cfg, given = parse_train(argv)
+    distributed.init(cfg.device)  # under torchrun: join its process group (else nothing)
     resume = None
     if cfg.resume is not None:
-        resume = ckpt.load(cfg.resume)
+        resume = distributed.on_rank0(ckpt.load, cfg.resume)  # every rank resumes from rank 0's
         saved = TrainConfig.from_dict(resume["config"])
         changed = sorted(k for k in given - {"resume"} if k not in RESUMABLE_OVERRIDES
                          and getattr(cfg, k) != getattr(saved, k))
@@ -233,11 +234,14 @@ def run_train(argv: Sequence[str], stop=None) -> tuple[int, dict | None]:
         if resume["update"] >= cfg.num_updates:
             raise UsageError(f"the run already did {resume['global_step']} steps: raise --total-steps to "
                              "continue it")
-    device = resolve_device(cfg.device)
+    device = distributed.device(resolve_device(cfg.device))
+    distributed.check(cfg)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    seed_everything(cfg.seed)
-    venv = make_env(cfg, num_envs=1 if cfg.algo == "impala" else None)  # IMPALA's actors make their own
+    local = distributed.local_config(cfg)  # this rank's envs and seed (all of them without torchrun)
+    seed_everything(local.seed)
+    venv = make_env(cfg, num_envs=1 if cfg.algo == "impala" else local.num_envs,  # IMPALA's actors
+                    seed=local.seed)                                              # make their own
     policy = make_policy(cfg, venv, device)
     if cfg.eval_episodes or cfg.eval_every:  # before any time is spent: can the evaluations run?
         from agents.evaluate import check_episode_limit, eval_envs
@@ -250,13 +254,17 @@ def run_train(argv: Sequence[str], stop=None) -> tuple[int, dict | None]:
     if resume is not None:
         run_dir = os.path.dirname(os.path.abspath(resume["path"]))
     else:
-        run_dir = make_run_dir(cfg.logdir, cfg.env, cfg.core, cfg.seed, cfg.run_name)
-    meta = {**cfg.to_dict(), "git_commit": git_commit(), "device_resolved": str(device),
+        run_dir = distributed.on_rank0(make_run_dir, cfg.logdir, cfg.env, cfg.core, cfg.seed,
+                                       cfg.run_name)
+    meta = {**cfg.to_dict(), "world_size": distributed.world_size(),
+            "git_commit": git_commit(), "device_resolved": str(device),
             "torch": torch.__version__, "torch_threads_resolved": torch.get_num_threads(),
             "params": sum(p.numel() for p in policy.parameters()),
             "command": "python train.py " + " ".join(argv), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    write_json(os.path.join(run_dir, "config.json" if resume is None else "config_resumed.json"), meta)
-    if cfg.progress:
+    if distributed.is_main():  # under torchrun rank 0 alone writes and prints
+        write_json(os.path.join(run_dir, "config.json" if resume is None else "config_resumed.json"),
+                   meta)
+    if cfg.progress and distributed.is_main():
         print(f"training {cfg.core} on {cfg.env} {cfg.env_kwargs or ''} for {cfg.num_updates * cfg.batch_size:,} "
               f"steps on {device}; run folder {run_dir}", file=sys.stderr)
     try:
@@ -264,7 +272,8 @@ def run_train(argv: Sequence[str], stop=None) -> tuple[int, dict | None]:
         summary = learner(cfg, venv, policy, run_dir, device, resume=resume, stop=stop)
     finally:
         venv.close()
-    print(report(summary))
+    if distributed.is_main():
+        print(report(summary))
     return (1 if summary["status"].startswith(("diverged", "failed")) else 0), summary
 
 
@@ -433,8 +442,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             argv = argv[1:]
         return run_train(argv)[0]
     except (UsageError, ConfigError, CheckpointError, EvaluationError) as err:
-        print(f"error: {_one_line(err)}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 speaks for every rank
+            print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
+    finally:
+        if "agents.distributed" in sys.modules:
+            sys.modules["agents.distributed"].shutdown()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ observation computed with the current recurrent state.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 import time
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from agents import checkpoint as ckpt
+from agents import distributed
 from agents.config import TrainConfig
 from agents.evaluate import evaluate, finish_run
 from agents.logger import Logger
@@ -188,7 +190,7 @@ def update(policy: ActorCritic, optimizer: torch.optim.Optimizer, ro: Rollout,
                          ("clipfrac", clipfrac), ("uniform_kl", kl_u)):
                 sums[k] += v.detach()
             count += 1
-        if cfg.target_kl is not None and approx_kl.item() > cfg.target_kl:
+        if cfg.target_kl is not None and distributed.mean(approx_kl).item() > cfg.target_kl:
             break
     out = {k: v / count for k, v in sums.items()}
     y, pred = returns.flatten(), ro.values.flatten()
@@ -247,9 +249,11 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
     from tqdm import tqdm
 
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
-    ro = Rollout(cfg, policy, device)
+    local = distributed.local_config(cfg)  # under torchrun: this rank's envs and seed
+    ro = Rollout(local, policy, device)
     stats, timers = EpisodeStats(), Timers()
-    logger = Logger(run_dir, purge_step=resume["global_step"] if resume else None)
+    logger = (Logger(run_dir, purge_step=resume["global_step"] if resume else None)
+              if distributed.is_main() else distributed.NullLogger())
     global_step, update_idx, wall_before = 0, 0, 0.0
     best_success: float | None = None
     action_log: list[torch.Tensor] = []
@@ -259,16 +263,22 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
         global_step, update_idx = resume["global_step"], resume["update"]
         wall_before, best_success = resume["wall_time_s"], resume["best_success_rate"]
         stats.load_state_dict(resume["stats"])
-        carry = ckpt.restore_envs(resume, venv, policy, cfg, device, action_log)
+        if distributed.world_size() > 1:  # rank 0's recorded actions fit only its envs: re-seed
+            resume = {**resume, "actions": None}
+        carry = ckpt.restore_envs(resume, venv, policy, local, device, action_log)
         ckpt.set_rng_state(resume["rng"])
+        if distributed.world_size() > 1:
+            torch.manual_seed(local.seed + global_step)
     else:
-        carry = initial_carry(policy, venv, cfg, device)
+        carry = initial_carry(policy, venv, local, device)
 
     def save() -> str:
+        if not distributed.is_main():  # rank 0 alone writes
+            return ckpt.path(run_dir)
         return ckpt.save(run_dir, cfg=cfg, policy=policy, optimizer=optimizer, global_step=global_step,
                          update=update_idx, wall_time_s=wall_before + time.perf_counter() - start,
                          carry=carry, stats=stats, best_success_rate=best_success,
-                         action_log=action_log if cfg.exact_resume else None)
+                         action_log=action_log if cfg.exact_resume and local is cfg else None)
 
     start = time.perf_counter()
     start_step = global_step
@@ -276,7 +286,9 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
     seen = dict.fromkeys(totals, 0.0)
     status = "finished"
     bar = tqdm(total=cfg.num_updates * cfg.batch_size, initial=global_step, unit="step", unit_scale=True,
-               dynamic_ncols=True, disable=not cfg.progress, desc="train", smoothing=0.1)
+               dynamic_ncols=True, disable=not cfg.progress or not distributed.is_main(), desc="train",
+               smoothing=0.1)
+    learner = distributed.wrap(policy)  # under torchrun: DDP averages the gradients over ranks
     with _StopFlag() as interrupted:
         while update_idx < cfg.num_updates:
             if cfg.anneal_lr:
@@ -284,7 +296,7 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
                 for group in optimizer.param_groups:
                     group["lr"] = frac * cfg.learning_rate
             policy.eval()
-            carry = collect(policy, venv, ro, carry, cfg, stats, timers, device)
+            carry = collect(policy, venv, ro, carry, local, stats, timers, device)
             if cfg.exact_resume:
                 action_log.append(ckpt.compact_actions(ro.actions))
             global_step += cfg.batch_size
@@ -294,7 +306,7 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
             advantages, returns = gae(ro.rewards, ro.values, ro.terminated, ro.truncated, ro.next_value,
                                       ro.final_values, cfg.gamma, cfg.gae_lambda)
             try:
-                losses = update(policy, optimizer, ro, advantages, returns, cfg)
+                losses = update(learner, optimizer, ro, advantages, returns, cfg)
             except NonFiniteLossError as err:
                 status = f"diverged: {err}"
                 break
@@ -315,7 +327,8 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
                      optimizer.param_groups[0]["lr"])
                 timers.reset()
                 seen = dict.fromkeys(seen, 0.0)
-            if cfg.eval_every and update_idx % cfg.eval_every == 0 and update_idx < cfg.num_updates:
+            if (cfg.eval_every and update_idx % cfg.eval_every == 0 and update_idx < cfg.num_updates
+                    and distributed.is_main()):
                 interim_eval(logger, policy, cfg, device, global_step)
             progress = {"step": global_step, "update": update_idx, "sps": sps, "return": recent_return,
                         "success": recent_success}
@@ -325,16 +338,20 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
                 on_progress(progress)
             if update_idx % cfg.save_every == 0 and update_idx < cfg.num_updates:
                 save()
-            if interrupted.set or (stop is not None and stop(update_idx)):
+            halt = interrupted.set or (stop is not None and stop(update_idx))
+            if distributed.any_rank(halt, device):  # every rank stops after the same update
                 status = "interrupted"
                 break
     bar.close()
     checkpoint_path = ckpt.path(run_dir) if status.startswith("diverged") else save()
     wall = wall_before + time.perf_counter() - start
-    return finish_run(cfg, policy, device, logger, algo="ppo", status=status, stats=stats,
-                      global_step=global_step, updates=update_idx, wall=wall,
-                      best_success=best_success, checkpoint=checkpoint_path, run_dir=run_dir,
-                      perf_s=totals)
+    summary = finish_run(cfg if distributed.is_main() else dataclasses.replace(cfg, eval_episodes=0),
+                         policy, device, logger, algo="ppo", status=status, stats=stats,
+                         global_step=global_step, updates=update_idx, wall=wall,
+                         best_success=best_success, checkpoint=checkpoint_path, run_dir=run_dir,
+                         perf_s=totals)
+    distributed.barrier()  # the other ranks wait for rank 0's evaluation and summary.json
+    return summary
 
 
 def interim_eval(logger: Logger, policy: ActorCritic, cfg: TrainConfig, device: torch.device, step: int) -> None:
