@@ -11,9 +11,10 @@ import sys
 import time
 
 import pytest
+import torch
 
 import train
-from agents import config
+from agents import config, impala
 from agents.config import ConfigError, TrainConfig
 from test_impala import ROOT, _cmdline, descendants, running, wait_until_gone
 
@@ -34,7 +35,10 @@ def workers() -> set[int]:
 def ray_instance():
     """One local Ray instance for the module; the pools use it and leave it running."""
     before = descendants(os.getpid())
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    tests = os.path.dirname(os.path.abspath(__file__))  # the actors unpickle test_impala's env
+    path = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             runtime_env={"env_vars": {"PYTHONPATH": path}})
     started = descendants(os.getpid()) - before
     assert any("raylet" in _cmdline(p) for p in started), [_cmdline(p) for p in started]
     try:
@@ -91,6 +95,31 @@ def test_killed_ray_actor_is_restarted_and_counted(ray_instance, tmp_path):
     assert re.search(r"actor \d died \(its process died .*\); Ray restarts it", log), log
     left = wait_until_gone(workers())
     assert not left, [(p, _cmdline(p)) for p in left]
+
+
+def test_ray_actor_whose_env_raises_is_restarted(ray_instance, tmp_path):
+    from test_impala import FaultyEnv
+
+    flag = tmp_path / "crashed"
+    cfg = TrainConfig(algo="impala", actors="ray", env="UrlstmFaulty-v0",
+                      env_kwargs={"flag_file": str(flag), "fail_at": 5, "importer": FaultyEnv},
+                      core="gru", num_envs=4, num_actors=2, unroll_length=8, learner_batch=2,
+                      hidden_size=16, embed_size=16, total_steps=640, eval_episodes=0,
+                      progress=False, device="cpu")
+    venv = train.make_env(cfg, num_envs=1)
+    policy = train.make_policy(cfg, venv, torch.device("cpu"))
+    run_dir = tmp_path / "faulty"
+    run_dir.mkdir()
+    try:
+        s = impala.train(cfg, venv, policy, str(run_dir), torch.device("cpu"))
+    finally:
+        venv.close()
+    assert flag.exists() and s["status"] == "finished", s
+    assert s["actor_restarts"] == 1 and s["total_steps"] == 640
+    assert any("RuntimeError: the simulator crashed" in e for e in s["actor_errors"]), s
+    log = (run_dir / "actors.log").read_text()
+    assert "the simulator crashed" in log and "Ray restarts it" in log
+    assert not wait_until_gone(workers())
 
 
 def test_ctrl_c_of_a_run_with_its_own_ray_instance_leaves_no_process(tmp_path):
