@@ -216,6 +216,7 @@ def run_train(argv: Sequence[str], stop=None) -> tuple[int, dict | None]:
     from agents import checkpoint as ckpt
     from agents import distributed, impala, ppo
     from agents.logger import git_commit, make_run_dir, write_json
+    from agents.resources import check_training_memory, check_writable
 
     cfg, given = parse_train(argv)
     distributed.init(cfg.device)  # under torchrun: join its process group (else nothing)
@@ -236,6 +237,8 @@ def run_train(argv: Sequence[str], stop=None) -> tuple[int, dict | None]:
                              "continue it")
     device = distributed.device(resolve_device(cfg.device))
     distributed.check(cfg)
+    if distributed.is_main():  # before any time is spent: can the run folder be written?
+        check_writable(os.path.dirname(os.path.abspath(resume["path"])) if resume is not None else cfg.logdir)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     local = distributed.local_config(cfg)  # this rank's envs and seed (all of them without torchrun)
@@ -243,14 +246,15 @@ def run_train(argv: Sequence[str], stop=None) -> tuple[int, dict | None]:
     venv = make_env(cfg, num_envs=1 if cfg.algo == "impala" else local.num_envs,  # IMPALA's actors
                     seed=local.seed)                                              # make their own
     policy = make_policy(cfg, venv, device)
-    if cfg.eval_episodes or cfg.eval_every:  # before any time is spent: can the evaluations run?
-        from agents.evaluate import check_episode_limit, eval_envs
-        try:
+    try:  # before any time is spent: does the run fit in memory, can the evaluations run?
+        check_training_memory(cfg, policy, device)
+        if cfg.eval_episodes or cfg.eval_every:
+            from agents.evaluate import check_episode_limit, eval_envs
             check_episode_limit(venv, cfg.env)
             eval_envs(policy, device, max(cfg.eval_episodes, 1))
-        except BaseException:
-            venv.close()
-            raise
+    except BaseException:
+        venv.close()
+        raise
     if resume is not None:
         run_dir = os.path.dirname(os.path.abspath(resume["path"]))
     else:
@@ -429,6 +433,7 @@ def run_report(argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     from agents.checkpoint import CheckpointError
     from agents.evaluate import EvaluationError
+    from agents.resources import ResourceError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -441,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv[:1] == ["train"]:
             argv = argv[1:]
         return run_train(argv)[0]
-    except (UsageError, ConfigError, CheckpointError, EvaluationError) as err:
+    except (UsageError, ConfigError, CheckpointError, EvaluationError, ResourceError) as err:
         if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 speaks for every rank
             print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2

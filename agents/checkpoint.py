@@ -26,7 +26,7 @@ FILENAME = "checkpoint.pt"
 
 
 class CheckpointError(ValueError):
-    """The file is missing, corrupt, or not a urlstm checkpoint."""
+    """The file is missing, corrupt, or not a urlstm checkpoint; or one could not be written."""
 
 
 def path(run_dir: str) -> str:
@@ -107,16 +107,22 @@ def save(run_dir: str, *, cfg, policy, optimizer, global_step: int, update: int,
         "actions": action_log[0] if action_log else None,
     }
     target = path(run_dir)
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".checkpoint.", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".checkpoint.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             torch.save(data, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as err:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError):  # a full disk, a folder gone read-only: stop with one line
+            kept = (f"the previous checkpoint {target} is intact" if os.path.exists(target)
+                    else "no earlier checkpoint was written")
+            raise CheckpointError(f"could not write the checkpoint at step {global_step:,} "
+                                  f"({err.strerror or type(err).__name__}); {kept}") from None
         raise
     return target
 

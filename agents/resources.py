@@ -1,0 +1,101 @@
+"""Will the run fit? Memory estimated from the config before anything large is allocated, and a run
+folder checked for writing before any time is spent.
+
+The estimates are generous upper bounds (float32 everywhere, every saved activation of a minibatch
+alive at once), so a configuration that is refused would not have fitted, and one that passes may
+still be close to the limit on a machine with little to spare.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from agents.config import TrainConfig
+from agents.evaluate import ACTIVATION_FLOATS, free_memory
+from policies.actor_critic import ActorCritic
+
+ENV_BYTES = 64 << 10  # one env's host memory, generous: a MiniGrid env measured 22 KiB, a native task's row far less
+PROCESS_BYTES = 400 << 20  # one more Python process with torch imported (an IMPALA actor)
+
+
+class ResourceError(RuntimeError):
+    """The run cannot fit or cannot write where it was told to; the message is one line."""
+
+
+def gib(b: float) -> str:
+    return f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / 2**20:.1f} MiB"
+
+
+def _elements(space: spaces.Space) -> tuple[int, int]:
+    """(elements, bytes) of one sample of ``space``."""
+    if isinstance(space, spaces.Dict):
+        parts = [_elements(s) for s in space.spaces.values()]
+    elif isinstance(space, spaces.Tuple):
+        parts = [_elements(s) for s in space.spaces]
+    else:
+        n = int(np.prod(space.shape)) if space.shape else 1
+        return n, n * np.dtype(space.dtype or np.float32).itemsize
+    return sum(p[0] for p in parts), sum(p[1] for p in parts)
+
+
+def training_bytes(cfg: TrainConfig, policy: ActorCritic) -> dict[str, int]:
+    """Estimated bytes of each part of a training run: rollout storage, one minibatch's saved
+    activations, model and optimizer, the envs (and IMPALA's actor processes)."""
+    obs_elements, obs_bytes = _elements(policy.observation_space)
+    act_elements, _ = _elements(policy.action_space)
+    state_floats = sum(s.numel() for s in policy.initial_state(1, "cpu"))  # per env
+    params = sum(p.numel() for p in policy.parameters())
+    H, L = cfg.hidden_size, cfg.num_layers
+    # per stored step: observation, previous action and reward, action, log-prob, value, reward,
+    # final value, three flags; per sequence start: the core state
+    step_bytes = obs_bytes + 8 * act_elements + 4 * 6 + 3
+    # per trained step: the encoder's activations, the core's saved gates and states per layer
+    # (up to 4 gate blocks, cell, previous h and c, output, effective gate), the heads
+    act_bytes = 4 * (ACTIVATION_FLOATS * obs_elements + 3 * cfg.embed_size + L * 10 * H + 4 * H)
+    if cfg.algo == "impala":
+        envs_per_actor = cfg.num_envs // cfg.num_actors
+        batch_steps = cfg.learner_batch * envs_per_actor * cfg.unroll_length
+        in_flight = cfg.num_actors * 2 * envs_per_actor * cfg.unroll_length  # each actor's slots
+        rollout = (batch_steps + in_flight) * step_bytes + 4 * state_floats * (cfg.learner_batch + 2) * cfg.num_envs
+        minibatch_steps = batch_steps // cfg.learner_minibatches
+        envs = cfg.num_envs * ENV_BYTES + cfg.num_actors * (PROCESS_BYTES + 4 * params)
+    else:
+        rollout = cfg.num_steps * cfg.num_envs * step_bytes + 4 * state_floats * cfg.num_sequences
+        minibatch_steps = cfg.num_steps * cfg.num_envs // cfg.num_minibatches
+        envs = cfg.num_envs * ENV_BYTES
+    return {"rollout storage": rollout, "one minibatch's activations": minibatch_steps * act_bytes,
+            "model and optimizer": 4 * 4 * params, "envs": envs}
+
+
+def check_training_memory(cfg: TrainConfig, policy: ActorCritic, device: torch.device,
+                          free_host: int | None = None, free_device: int | None = None) -> None:
+    """Raise ResourceError naming what the run needs and what is free when it cannot fit."""
+    parts = training_bytes(cfg, policy)
+    host_parts = dict(parts) if device.type != "cuda" else {"envs": parts["envs"]}
+    checks = [("", host_parts, free_memory(torch.device("cpu")) if free_host is None else free_host)]
+    if device.type == "cuda":
+        on_device = {k: v for k, v in parts.items() if k != "envs"}
+        checks.append((f" on {device}", on_device, free_memory(device) if free_device is None else free_device))
+    for where, need, free in checks:
+        total = sum(need.values())
+        if free is not None and total > free:
+            detail = ", ".join(f"{name} {gib(b)}" for name, b in sorted(need.items(), key=lambda kv: -kv[1]))
+            raise ResourceError(f"this configuration needs about {gib(total)}{where} ({detail}) and {gib(free)} "
+                                f"is free: lower --num-envs, --num-steps (IMPALA: --unroll-length) or --hidden-size, "
+                                f"or raise --num-minibatches")
+
+
+def check_writable(folder: str, what: str = "run folder") -> None:
+    """Create ``folder`` if needed and write and delete a file in it; ResourceError if that fails."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check."):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise ResourceError(f"cannot write the {what} {os.path.abspath(folder)}: {reason}") from None
