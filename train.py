@@ -314,6 +314,10 @@ def run_eval(argv: Sequence[str]) -> int:
     data = ckpt.load(args.checkpoint)
     cfg = TrainConfig.from_dict({**data["config"], "resume": None})
     device = resolve_device(args.device)
+    if cfg.torch_threads:  # the run's setting (one thread: these small batches are fastest so)
+        import torch
+
+        torch.set_num_threads(cfg.torch_threads)
     seed_everything(cfg.seed if args.seed is None else args.seed)
     probe = make_env(cfg, num_envs=1)
     policy = make_policy(cfg, probe, device)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import numpy as np
 import torch
@@ -292,7 +293,8 @@ def finish_run(cfg, policy: ActorCritic, device: torch.device, logger, *, algo: 
         logger: the run's ``agents.logger.Logger`` (closed here).
         stats: the run's ``EpisodeStats`` (its last 100 training episodes go in the summary).
         wall: wall-clock seconds of the whole run (resumed parts included).
-        perf_s: seconds per activity (env, inference, learn, ...).
+        perf_s: seconds per activity (env, inference, learn, ...); the final evaluation's seconds
+            are added as ``final_eval``.
         extra: learner-specific summary entries, appended.
 
     Returns:
@@ -301,11 +303,13 @@ def finish_run(cfg, policy: ActorCritic, device: torch.device, logger, *, algo: 
     recent_return, recent_success = stats.recent()
     final_eval, eval_error = None, None
     if status == "finished" and cfg.eval_episodes > 0:
+        t0 = time.perf_counter()
         try:
             final_eval = evaluate(policy, cfg, device, episodes=cfg.eval_episodes,
                                   greedy=cfg.eval_greedy, note=_note)
         except EvaluationError as err:
             eval_error = err
+        perf_s = {**perf_s, "final_eval": time.perf_counter() - t0}
     if final_eval is not None:
         logger.scalar("charts/eval_return", final_eval["return_mean"], global_step)
         if final_eval["success_rate"] is not None:
