@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 import uuid
 from typing import Any, Callable
@@ -112,12 +113,17 @@ def init_ray(address: str | None, num_actors: int) -> bool:
     if ray.is_initialized():
         return False
     quiet = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
-    if address is None:
+    sigterm = signal.getsignal(signal.SIGTERM)
+    if address is None:  # "local": a new instance even where RAY_ADDRESS or `ray start` is around
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        ray.init(num_cpus=max(cpus or 1, num_actors), **quiet)
+        ray.init(address="local", num_cpus=max(cpus or 1, num_actors), **quiet)
     else:
         ray.init(address=address, **quiet)
+    try:  # ray.init installs its own SIGTERM handler: the learner's (stop, save) comes first
+        signal.signal(signal.SIGTERM, sigterm)
+    except (ValueError, TypeError):  # not the main thread, or a handler set outside Python
+        pass
     return True
 
 
