@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 
@@ -108,7 +107,7 @@ def main() -> None:
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     names = ["nn.LSTM"] + [c for c in args.cores.split(",") if c]
     result = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
+        "machine": {"cpu": kernels.cpu_info(), "threads": args.threads,
                     "torch": torch.__version__, "compiled_loop": kernels.extension()},
         "reps": args.reps,
         "clock": args.clock,

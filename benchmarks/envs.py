@@ -23,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import envs  # noqa: E402
+from policies.cores.kernels import cpu_info  # noqa: E402
 
 NATIVE = {
     "urlstm/TMazePassive-v0": {"length": 50},
@@ -78,7 +79,7 @@ def main() -> None:
     results["MiniGrid-MemoryS7-v0"] = row
     machine = {
         "cpu_count": os.cpu_count(),
-        "processor": platform.processor() or platform.machine(),
+        "cpu": cpu_info(),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],

@@ -26,6 +26,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
+from policies.cores.kernels import cpu_info  # noqa: E402
 
 import train  # noqa: E402
 from agents import impala, ppo  # noqa: E402
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     result = {"core": args.core, "torch": torch.__version__, "python": platform.python_version(),
-              "cpus": os.cpu_count(), "cuda": torch.cuda.is_available(), "tasks": {}}
+              "cpu": cpu_info(), "cuda": torch.cuda.is_available(), "tasks": {}}
     load_before = os.getloadavg()
     for task in args.tasks:
         spec = TASKS[task]

@@ -20,6 +20,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
+from policies.cores.kernels import cpu_info  # noqa: E402
 
 import train  # noqa: E402
 from agents import ppo  # noqa: E402
@@ -100,7 +101,7 @@ def main() -> None:
         "num_minibatches": cfg.num_minibatches, "update_epochs": cfg.update_epochs,
         "hidden_size": cfg.hidden_size, "torch_threads": torch.get_num_threads(), "device": cfg.device,
         **result,
-        "machine": {"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
+        "machine": {"cpu": cpu_info(), "load_avg_1m": round(os.getloadavg()[0], 2),
                     "python": platform.python_version(), "torch": torch.__version__},
     }))
 

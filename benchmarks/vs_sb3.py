@@ -27,6 +27,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
+from policies.cores.kernels import cpu_info  # noqa: E402
 
 from agents.config import TrainConfig  # noqa: E402
 from benchmarks.train_speed import measure  # noqa: E402
@@ -111,7 +112,7 @@ def main() -> None:
         "ours_sps": round(mean(ours), 1), "sb3_contrib_sps": round(mean(sb3), 1),
         "ratio": round(mean(ours) / mean(sb3), 2),
         "ours_rounds": ours, "sb3_contrib_rounds": sb3,
-        "machine": {"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
+        "machine": {"cpu": cpu_info(), "load_avg_1m": round(os.getloadavg()[0], 2),
                     "python": platform.python_version(), "torch": torch.__version__},
     }))
 

@@ -5,7 +5,6 @@ are the ones a user's first run meets."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -76,6 +76,18 @@ def cpu_identity() -> str:
     return f"{platform.machine()} | {model} | {flags}"
 
 
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx_ne_convert", "avx512f", "avx512bw",
+             "avx512vl", "avx512dq", "avx512_vnni", "avx512_bf16", "amx_tile", "asimd", "sve", "sve2", "bf16",
+             "i8mm")
+
+
+def cpu_info() -> dict:
+    """The CPU for benchmark reports: model, the vector instruction sets that matter here, cores."""
+    machine, model, flags = cpu_identity().split(" | ", 2)
+    return {"model": model, "arch": machine, "isa": [f for f in ISA_FLAGS if f in flags.split()],
+            "logical_cpus": os.cpu_count()}
+
+
 def build_dir() -> Path:
     """The cache folder of the library for this source, these flags, this torch, Python and CPU."""
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(
