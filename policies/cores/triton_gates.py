@@ -19,7 +19,6 @@ import triton
 import triton.language as tl
 
 INTERPRET = bool(triton.knobs.runtime.interpret)
-BLOCK_B = 16  # rows per program without autotuning (tl.dot needs at least 16)
 BLOCK_K = 32  # K tile of the recurrent product when W_hh is streamed
 RESIDENT_ELEMENTS = 16384  # W_hh (all gate blocks, padded) is held in registers up to this size: H <= 64
 MAX_HIDDEN = 512  # above this a program's rows no longer fit on chip: the Python scan is used
@@ -127,6 +126,20 @@ def hw_tiled(HPREV, keep, W, blk, rows, rmask, cols, cmask, H, HAS_KEEP: tl.cons
 
 
 @triton.jit
+def recurrent(h, w, HPREV, keep, W, blk, rows, rmask, cols, cmask, H, HAS_KEEP: tl.constexpr,
+              RESIDENT: tl.constexpr, HP: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
+              DOT_DT: tl.constexpr, PRECISION: tl.constexpr, CT: tl.constexpr):
+    """Gate block ``blk`` of h_prev @ W^T: from h (registers, already masked) and the block w held
+    on chip when RESIDENT, else from h_prev in memory (HPREV, masked by keep) and W in K tiles."""
+    if RESIDENT:
+        acc = mm(h, w, DOT_DT, PRECISION, CT)
+    else:
+        acc = hw_tiled(HPREV, keep, W, blk, rows, rmask, cols, cmask, H, HAS_KEEP, HP, BLOCK_B, BLOCK_K, DOT_DT,
+                       PRECISION, CT)
+    return acc
+
+
+@triton.jit
 def dzw_tiled(DZ, W, rows, rmask, cols, cmask, H, NH, NB: tl.constexpr, HP: tl.constexpr, BLOCK_B: tl.constexpr,
               BLOCK_K: tl.constexpr, DOT_DT: tl.constexpr, PRECISION: tl.constexpr, CT: tl.constexpr):
     """dz @ W with dz [B, NB*H] read from memory and W [NB*H, H] streamed in K tiles."""
@@ -161,22 +174,37 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def autotune_configs() -> list[triton.Config]:
-    """Rows per program and warps; the key is (H, cell, residency, training) and the dtypes, never B."""
-    return [triton.Config({"BLOCK_B": bb, "BLOCK_K": BLOCK_K}, num_warps=w) for bb, w in ((16, 4), (16, 8), (32, 4),
-                                                                                         (32, 8))]
+    """Rows per program and warps; ``prune`` keeps those that suit the hidden width."""
+    return [triton.Config({"BLOCK_B": bb, "BLOCK_K": BLOCK_K}, num_warps=w)
+            for bb, w in ((16, 4), (32, 4), (16, 8), (32, 8), (16, 16), (32, 16))]
+
+
+TUNED = {64: ((16, 4), (32, 4)), 128: ((16, 4), (16, 8), (32, 8)), 1 << 30: ((16, 8), (16, 16), (32, 16))}
+
+
+def prune(configs, named_args, **kwargs):
+    """The (rows, warps) tried for a padded width HP (TUNED): more warps for wider rows, as a
+    [BLOCK_B, HP] float32 tile costs BLOCK_B * HP / (32 * warps) registers per thread and a step
+    holds about ten of them."""
+    hp = kwargs.get("HP", named_args.get("HP", 0))
+    tried = next(v for width, v in sorted(TUNED.items()) if hp <= width)
+    return [c for c in configs if (c.kwargs["BLOCK_B"], c.num_warps) in tried] or configs
 
 
 def autotuned(kernel):
-    """The kernel behind triton.autotune, or the kernel itself when interpreted or URLSTM_TRITON_AUTOTUNE=0."""
-    if INTERPRET or os.environ.get("URLSTM_TRITON_AUTOTUNE", "1") == "0":
+    """The kernel behind triton.autotune, keyed on H, the cell, residency, training vs acting and the
+    dtypes, never on B (None when interpreted: the interpreter has no timings)."""
+    if INTERPRET:
         return None
     key = [k for k in ("H", "NB", "PRIMARY", "AUX", "RESIDENT", "SAVE") if k in kernel.arg_names]
-    return triton.autotune(configs=autotune_configs(), key=key)(kernel)
+    return triton.autotune(configs=autotune_configs(), key=key, prune_configs_by={"early_config_prune": prune})(kernel)
 
 
 def launch(kernel, tuned, batch: int, args: tuple, meta: dict) -> None:
-    """Run ``kernel`` over programs of BLOCK_B rows: autotuned when ``tuned`` is set."""
-    if tuned is None:
-        kernel[(triton.cdiv(batch, BLOCK_B),)](*args, BLOCK_B=BLOCK_B, BLOCK_K=BLOCK_K, num_warps=4, **meta)
+    """Run ``kernel`` over programs of BLOCK_B rows: autotuned when ``tuned`` is set, unless
+    URLSTM_TRITON_AUTOTUNE=0 (then the first configuration of TUNED for this width)."""
+    if tuned is None or os.environ.get("URLSTM_TRITON_AUTOTUNE", "1") == "0":
+        rows, warps = next(v for width, v in sorted(TUNED.items()) if meta["HP"] <= width)[0]
+        kernel[(triton.cdiv(batch, rows),)](*args, BLOCK_B=rows, BLOCK_K=BLOCK_K, num_warps=warps, **meta)
     else:
         tuned[lambda m: (triton.cdiv(batch, m["BLOCK_B"]),)](*args, **meta)

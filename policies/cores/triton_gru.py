@@ -36,6 +36,7 @@ def gru_fwd_kernel(XZ, W, BHH, BF, KEEP, HB, S, HN, G, B, T, H, NH, step_z, step
     b_n = tl.load(BHH + 2 * H + cols, mask=cmask, other=0.0).to(CT)
     if AUX != 0:
         b_a = tl.load(BHH + 3 * H + cols, mask=cmask, other=0.0).to(CT)
+    w_r, w_p, w_n, w_a = W, W, W, W  # placeholders: the K-tiled path reads W itself
     if RESIDENT:
         w_r = K.load_wt(W, 0, H, cols, cmask)
         w_p = K.load_wt(W, 1, H, cols, cmask)
@@ -49,31 +50,32 @@ def gru_fwd_kernel(XZ, W, BHH, BF, KEEP, HB, S, HN, G, B, T, H, NH, step_z, step
             keep = tl.load(KEEP + rows, mask=rmask, other=1.0).to(CT)
             h = h * keep[:, None]
             KEEP += B
-        if RESIDENT:
-            hr = K.mm(h, w_r, DOT_DT, PRECISION, CT)
-            hp = K.mm(h, w_p, DOT_DT, PRECISION, CT)
-            hn = K.mm(h, w_n, DOT_DT, PRECISION, CT)
-            if AUX != 0:
-                ha = K.mm(h, w_a, DOT_DT, PRECISION, CT)
-        else:
-            hr = K.hw_tiled(HB, keep, W, 0, rows, rmask, cols, cmask, H, HAS_KEEP, HP, BLOCK_B, BLOCK_K, DOT_DT,
-                            PRECISION, CT)
-            hp = K.hw_tiled(HB, keep, W, 1, rows, rmask, cols, cmask, H, HAS_KEEP, HP, BLOCK_B, BLOCK_K, DOT_DT,
-                            PRECISION, CT)
-            hn = K.hw_tiled(HB, keep, W, 2, rows, rmask, cols, cmask, H, HAS_KEEP, HP, BLOCK_B, BLOCK_K, DOT_DT,
-                            PRECISION, CT)
-            if AUX != 0:
-                ha = K.hw_tiled(HB, keep, W, 3, rows, rmask, cols, cmask, H, HAS_KEEP, HP, BLOCK_B, BLOCK_K,
-                                DOT_DT, PRECISION, CT)
-        hn += b_n
+        # one gate block at a time, each used as soon as it is computed: fewer live registers
+        hr = K.recurrent(h, w_r, HB, keep, W, 0, rows, rmask, cols, cmask, H, HAS_KEEP, RESIDENT, HP, BLOCK_B,
+                         BLOCK_K, DOT_DT, PRECISION, CT)
         r = K.sigmoid(tl.load(XZ + oz, mask=m2, other=0.0).to(CT) + hr + b_r)
-        p = K.primary(tl.load(XZ + oz + H, mask=m2, other=0.0).to(CT) + hp + b_p + bf, cmask, PRIMARY == 1)
+        hn = K.recurrent(h, w_n, HB, keep, W, 2, rows, rmask, cols, cmask, H, HAS_KEEP, RESIDENT, HP, BLOCK_B,
+                         BLOCK_K, DOT_DT, PRECISION, CT) + b_n
         n = K.tanh(tl.load(XZ + oz + 2 * H, mask=m2, other=0.0).to(CT) + r * hn)
+        if SAVE:
+            tl.store(S + oz, r, mask=m2)
+            tl.store(S + oz + 2 * H, n, mask=m2)
+            tl.store(HN + oh, hn, mask=m2)
+            HN += step_h
+        zp = K.recurrent(h, w_p, HB, keep, W, 1, rows, rmask, cols, cmask, H, HAS_KEEP, RESIDENT, HP, BLOCK_B,
+                         BLOCK_K, DOT_DT, PRECISION, CT)
+        p = K.primary(tl.load(XZ + oz + H, mask=m2, other=0.0).to(CT) + zp + b_p + bf, cmask, PRIMARY == 1)
+        if SAVE:
+            tl.store(S + oz + H, p, mask=m2)
         if AUX != 0:
-            za = tl.load(XZ + oz + 3 * H, mask=m2, other=0.0).to(CT) + ha + b_a
+            za = K.recurrent(h, w_a, HB, keep, W, 3, rows, rmask, cols, cmask, H, HAS_KEEP, RESIDENT, HP, BLOCK_B,
+                             BLOCK_K, DOT_DT, PRECISION, CT)
+            za += tl.load(XZ + oz + 3 * H, mask=m2, other=0.0).to(CT) + b_a
             if AUX == 2:
                 za -= bf
             a = K.sigmoid(za)
+            if SAVE:
+                tl.store(S + oz + 3 * H, a, mask=m2)
         else:
             a = p
         g = K.effective(p, a, AUX)
@@ -82,14 +84,7 @@ def gru_fwd_kernel(XZ, W, BHH, BF, KEEP, HB, S, HN, G, B, T, H, NH, step_z, step
         tl.store(HB + oh, h.to(HB.dtype.element_ty), mask=m2)
         tl.store(G + oh, g.to(G.dtype.element_ty), mask=m2)
         if SAVE:
-            tl.store(S + oz, r, mask=m2)
-            tl.store(S + oz + H, p, mask=m2)
-            tl.store(S + oz + 2 * H, n, mask=m2)
-            if AUX != 0:
-                tl.store(S + oz + 3 * H, a, mask=m2)
-            tl.store(HN + oh, hn, mask=m2)
             S += step_z
-            HN += step_h
         XZ += step_z
         G += step_h
         if not RESIDENT:
@@ -109,6 +104,7 @@ def gru_bwd_kernel(DY, DHT, S, HN, HPREV, W, KEEP, DX, DHZ, DH0, B, T, H, NH, st
     m2 = rmask[:, None] & cmask[None, :]
     oz = rows[:, None] * NH + cols[None, :]
     oh = rows[:, None] * H + cols[None, :]
+    w_r, w_p, w_n, w_a = W, W, W, W  # placeholders: the K-tiled path reads W itself
     if RESIDENT:
         w_r = K.load_w(W, 0, H, cols, cmask)
         w_p = K.load_w(W, 1, H, cols, cmask)
@@ -118,44 +114,45 @@ def gru_bwd_kernel(DY, DHT, S, HN, HPREV, W, KEEP, DX, DHZ, DH0, B, T, H, NH, st
     dh = tl.load(DHT + oh, mask=m2, other=0.0).to(CT)
     left = m2 & (cols[None, :] >= 1)
     for _ in range(T):
+        # each gradient is stored (and, W on chip, multiplied into acc) as soon as it is computed
         dh += tl.load(DY + oh, mask=m2, other=0.0).to(CT)
-        r = tl.load(S + oz, mask=m2, other=0.0)
         p = tl.load(S + oz + H, mask=m2, other=0.0)
         n = tl.load(S + oz + 2 * H, mask=m2, other=0.0)
         if AUX != 0:
             a = tl.load(S + oz + 3 * H, mask=m2, other=0.0)
         else:
             a = p
-        hn = tl.load(HN + oh, mask=m2, other=0.0)
-        hp = tl.load(HPREV + oh, mask=m2, other=0.0)
         g = K.effective(p, a, AUX)
-        dn = dh * (1.0 - g) * (1.0 - n * n)
-        dr = dn * hn * (r - r * r)
-        dp, dza = K.gate_grad(dh * (hp - n), p, a, AUX)
+        dp, dza = K.gate_grad(dh * (tl.load(HPREV + oh, mask=m2, other=0.0) - n), p, a, AUX)
         if PRIMARY == 1:
             p_left = tl.load(S + oz + H - 1, mask=left, other=0.0)
         else:
             p_left = p
-        dzp = K.primary_grad(dp, p, p_left, cmask, PRIMARY == 1)
-        tl.store(DX + oz, dr.to(DX.dtype.element_ty), mask=m2)
-        tl.store(DX + oz + H, dzp.to(DX.dtype.element_ty), mask=m2)
-        tl.store(DX + oz + 2 * H, dn.to(DX.dtype.element_ty), mask=m2)
-        tl.store(DHZ + oz, dr.to(DHZ.dtype.element_ty), mask=m2)
-        tl.store(DHZ + oz + H, dzp.to(DHZ.dtype.element_ty), mask=m2)
-        tl.store(DHZ + oz + 2 * H, (dn * r).to(DHZ.dtype.element_ty), mask=m2)
+        dz = K.primary_grad(dp, p, p_left, cmask, PRIMARY == 1)
+        tl.store(DX + oz + H, dz.to(DX.dtype.element_ty), mask=m2)
+        tl.store(DHZ + oz + H, dz.to(DHZ.dtype.element_ty), mask=m2)
+        acc = dh * g
+        if RESIDENT:
+            acc += K.mm(dz, w_p, DOT_DT, PRECISION, CT)
         if AUX != 0:
             tl.store(DX + oz + 3 * H, dza.to(DX.dtype.element_ty), mask=m2)
             tl.store(DHZ + oz + 3 * H, dza.to(DHZ.dtype.element_ty), mask=m2)
-        dh = dh * g
+            if RESIDENT:
+                acc += K.mm(dza, w_a, DOT_DT, PRECISION, CT)
+        dz = dh * (1.0 - g) * (1.0 - n * n)  # n's pre-activation
+        tl.store(DX + oz + 2 * H, dz.to(DX.dtype.element_ty), mask=m2)
+        r = tl.load(S + oz, mask=m2, other=0.0)
+        dr = dz * tl.load(HN + oh, mask=m2, other=0.0) * (r - r * r)
+        tl.store(DX + oz, dr.to(DX.dtype.element_ty), mask=m2)
+        tl.store(DHZ + oz, dr.to(DHZ.dtype.element_ty), mask=m2)
+        dz = dz * r
+        tl.store(DHZ + oz + 2 * H, dz.to(DHZ.dtype.element_ty), mask=m2)
         if RESIDENT:
-            dh += K.mm(dr, w_r, DOT_DT, PRECISION, CT) + K.mm(dzp, w_p, DOT_DT, PRECISION, CT)
-            dh += K.mm(dn * r, w_n, DOT_DT, PRECISION, CT)
-            if AUX != 0:
-                dh += K.mm(dza, w_a, DOT_DT, PRECISION, CT)
+            dh = acc + K.mm(dr, w_r, DOT_DT, PRECISION, CT) + K.mm(dz, w_n, DOT_DT, PRECISION, CT)
         else:
             tl.debug_barrier()  # this step's dhz, just stored, is read back in K tiles
-            dh += K.dzw_tiled(DHZ, W, rows, rmask, cols, cmask, H, NH, NB, HP, BLOCK_B, BLOCK_K, DOT_DT, PRECISION,
-                              CT)
+            dh = acc + K.dzw_tiled(DHZ, W, rows, rmask, cols, cmask, H, NH, NB, HP, BLOCK_B, BLOCK_K, DOT_DT,
+                                   PRECISION, CT)
         if HAS_KEEP:
             dh = dh * tl.load(KEEP + rows, mask=rmask, other=1.0).to(CT)[:, None]
             KEEP -= B

@@ -38,6 +38,7 @@ def lstm_fwd_kernel(XZ, W, BF, KEEP, HB, CB, S, G, B, T, H, NH, step_z, step_h,
     UO: tl.constexpr = NB - 2
     OO: tl.constexpr = NB - 1
     bf = tl.load(BF + cols, mask=cmask, other=0.0).to(CT)
+    w_p, w_a, w_u, w_o = W, W, W, W  # placeholders: the K-tiled path reads W itself
     if RESIDENT:
         w_p = K.load_wt(W, PO, H, cols, cmask)
         w_u = K.load_wt(W, UO, H, cols, cmask)
@@ -50,54 +51,49 @@ def lstm_fwd_kernel(XZ, W, BF, KEEP, HB, CB, S, G, B, T, H, NH, step_z, step_h,
     for t in range(T):
         if HAS_KEEP:
             keep = tl.load(KEEP + rows, mask=rmask, other=1.0).to(CT)
-            h = h * keep[:, None]
+            if RESIDENT:
+                h = h * keep[:, None]
             c = c * keep[:, None]
             KEEP += B
-        if RESIDENT:
-            zp = K.mm(h, w_p, DOT_DT, PRECISION, CT)
-            zu = K.mm(h, w_u, DOT_DT, PRECISION, CT)
-            zo = K.mm(h, w_o, DOT_DT, PRECISION, CT)
-            if AUX != 0:
-                za = K.mm(h, w_a, DOT_DT, PRECISION, CT)
-        else:
-            zp = K.hw_tiled(HB, keep, W, PO, rows, rmask, cols, cmask, H, HAS_KEEP, HP, BLOCK_B, BLOCK_K, DOT_DT,
-                            PRECISION, CT)
-            zu = K.hw_tiled(HB, keep, W, UO, rows, rmask, cols, cmask, H, HAS_KEEP, HP, BLOCK_B, BLOCK_K, DOT_DT,
-                            PRECISION, CT)
-            zo = K.hw_tiled(HB, keep, W, OO, rows, rmask, cols, cmask, H, HAS_KEEP, HP, BLOCK_B, BLOCK_K, DOT_DT,
-                            PRECISION, CT)
-            if AUX != 0:
-                za = K.hw_tiled(HB, keep, W, AO, rows, rmask, cols, cmask, H, HAS_KEEP, HP, BLOCK_B, BLOCK_K,
-                                DOT_DT, PRECISION, CT)
-        zp += tl.load(XZ + oz + PO * H, mask=m2, other=0.0).to(CT) + bf
-        p = K.primary(zp, cmask, PRIMARY == 1)
-        u = K.tanh(zu + tl.load(XZ + oz + UO * H, mask=m2, other=0.0).to(CT))
-        o = K.sigmoid(zo + tl.load(XZ + oz + OO * H, mask=m2, other=0.0).to(CT))
+        # one gate block at a time, each used as soon as it is computed: fewer live registers
+        zp = K.recurrent(h, w_p, HB, keep, W, PO, rows, rmask, cols, cmask, H, HAS_KEEP, RESIDENT, HP, BLOCK_B,
+                         BLOCK_K, DOT_DT, PRECISION, CT)
+        p = K.primary(zp + tl.load(XZ + oz + PO * H, mask=m2, other=0.0).to(CT) + bf, cmask, PRIMARY == 1)
+        if SAVE:
+            tl.store(S + oz + PO * H, p, mask=m2)
         if AUX != 0:
+            za = K.recurrent(h, w_a, HB, keep, W, AO, rows, rmask, cols, cmask, H, HAS_KEEP, RESIDENT, HP, BLOCK_B,
+                             BLOCK_K, DOT_DT, PRECISION, CT)
             za += tl.load(XZ + oz + AO * H, mask=m2, other=0.0).to(CT)
             if AUX == 2:
                 za -= bf
             a = K.sigmoid(za)
+            if SAVE:
+                tl.store(S + oz + AO * H, a, mask=m2)
         else:
             a = p
         g = K.effective(p, a, AUX)
+        tl.store(G + oh, g.to(G.dtype.element_ty), mask=m2)
+        zu = K.recurrent(h, w_u, HB, keep, W, UO, rows, rmask, cols, cmask, H, HAS_KEEP, RESIDENT, HP, BLOCK_B,
+                         BLOCK_K, DOT_DT, PRECISION, CT)
+        u = K.tanh(zu + tl.load(XZ + oz + UO * H, mask=m2, other=0.0).to(CT))
+        if SAVE:
+            tl.store(S + oz + UO * H, u, mask=m2)
         if AUX == 3:
             c = g * c + a * u
         else:
             c = u + g * (c - u)
+        zo = K.recurrent(h, w_o, HB, keep, W, OO, rows, rmask, cols, cmask, H, HAS_KEEP, RESIDENT, HP, BLOCK_B,
+                         BLOCK_K, DOT_DT, PRECISION, CT)
+        o = K.sigmoid(zo + tl.load(XZ + oz + OO * H, mask=m2, other=0.0).to(CT))
+        if SAVE:
+            tl.store(S + oz + OO * H, o, mask=m2)
+            S += step_z
         h = o * K.tanh(c)
         HB += step_h
         CB += step_h
         tl.store(HB + oh, h.to(HB.dtype.element_ty), mask=m2)
         tl.store(CB + oh, c.to(CB.dtype.element_ty), mask=m2)
-        tl.store(G + oh, g.to(G.dtype.element_ty), mask=m2)
-        if SAVE:
-            tl.store(S + oz + PO * H, p, mask=m2)
-            tl.store(S + oz + UO * H, u, mask=m2)
-            tl.store(S + oz + OO * H, o, mask=m2)
-            if AUX != 0:
-                tl.store(S + oz + AO * H, a, mask=m2)
-            S += step_z
         XZ += step_z
         G += step_h
         if not RESIDENT:
@@ -120,6 +116,7 @@ def lstm_bwd_kernel(DY, DHT, DCT, S, CB, W, KEEP, DZ, DH0, DC0, B, T, H, NH, ste
     oh = rows[:, None] * H + cols[None, :]
     UO: tl.constexpr = NB - 2
     OO: tl.constexpr = NB - 1
+    w_p, w_a, w_u, w_o = W, W, W, W  # placeholders: the K-tiled path reads W itself
     if RESIDENT:
         w_p = K.load_w(W, PO, H, cols, cmask)
         w_u = K.load_w(W, UO, H, cols, cmask)
@@ -130,46 +127,49 @@ def lstm_bwd_kernel(DY, DHT, DCT, S, CB, W, KEEP, DZ, DH0, DC0, B, T, H, NH, ste
     dc = tl.load(DCT + oh, mask=m2, other=0.0).to(CT)
     left = m2 & (cols[None, :] >= 1)
     for _ in range(T):
+        # each gradient is stored (and, W on chip, multiplied into dh) as soon as it is computed
         dh += tl.load(DY + oh, mask=m2, other=0.0).to(CT)
+        o = tl.load(S + oz + OO * H, mask=m2, other=0.0)
+        tc = K.tanh(tl.load(CB + oh, mask=m2, other=0.0))
+        dz = dh * tc * (o - o * o)
+        tl.store(DZ + oz + OO * H, dz.to(DZ.dtype.element_ty), mask=m2)
+        dc += dh * o * (1.0 - tc * tc)
+        if RESIDENT:
+            dh = K.mm(dz, w_o, DOT_DT, PRECISION, CT)
         p = tl.load(S + oz + PO * H, mask=m2, other=0.0)
         u = tl.load(S + oz + UO * H, mask=m2, other=0.0)
-        o = tl.load(S + oz + OO * H, mask=m2, other=0.0)
         if AUX != 0:
             a = tl.load(S + oz + AO * H, mask=m2, other=0.0)
         else:
             a = p
-        c = tl.load(CB + oh, mask=m2, other=0.0)
         cp = tl.load(CB - step_h + oh, mask=m2, other=0.0)
         if HAS_KEEP:
             keep = tl.load(KEEP + rows, mask=rmask, other=1.0).to(CT)
             cp = cp * keep[:, None]
         g = K.effective(p, a, AUX)
-        tc = K.tanh(c)
-        dzo = dh * tc * (o - o * o)
-        dc += dh * o * (1.0 - tc * tc)
         if AUX == 3:
-            dzu = dc * a * (1.0 - u * u)
+            dz = dc * a * (1.0 - u * u)
             dp = dc * cp
             dza = dc * u * (a - a * a)
         else:
-            dzu = dc * (1.0 - g) * (1.0 - u * u)
+            dz = dc * (1.0 - g) * (1.0 - u * u)
             dp, dza = K.gate_grad(dc * (cp - u), p, a, AUX)
+        tl.store(DZ + oz + UO * H, dz.to(DZ.dtype.element_ty), mask=m2)
+        if RESIDENT:
+            dh += K.mm(dz, w_u, DOT_DT, PRECISION, CT)
+        if AUX != 0:
+            tl.store(DZ + oz + AO * H, dza.to(DZ.dtype.element_ty), mask=m2)
+            if RESIDENT:
+                dh += K.mm(dza, w_a, DOT_DT, PRECISION, CT)
         if PRIMARY == 1:
             p_left = tl.load(S + oz + PO * H - 1, mask=left, other=0.0)
         else:
             p_left = p
-        dzp = K.primary_grad(dp, p, p_left, cmask, PRIMARY == 1)
-        tl.store(DZ + oz + PO * H, dzp.to(DZ.dtype.element_ty), mask=m2)
-        tl.store(DZ + oz + UO * H, dzu.to(DZ.dtype.element_ty), mask=m2)
-        tl.store(DZ + oz + OO * H, dzo.to(DZ.dtype.element_ty), mask=m2)
-        if AUX != 0:
-            tl.store(DZ + oz + AO * H, dza.to(DZ.dtype.element_ty), mask=m2)
+        dz = K.primary_grad(dp, p, p_left, cmask, PRIMARY == 1)
+        tl.store(DZ + oz + PO * H, dz.to(DZ.dtype.element_ty), mask=m2)
         dc = dc * g
         if RESIDENT:
-            dh = K.mm(dzp, w_p, DOT_DT, PRECISION, CT) + K.mm(dzu, w_u, DOT_DT, PRECISION, CT)
-            dh += K.mm(dzo, w_o, DOT_DT, PRECISION, CT)
-            if AUX != 0:
-                dh += K.mm(dza, w_a, DOT_DT, PRECISION, CT)
+            dh += K.mm(dz, w_p, DOT_DT, PRECISION, CT)
         else:
             tl.debug_barrier()  # this step's dz, just stored, is read back in K tiles
             dh = K.dzw_tiled(DZ, W, rows, rmask, cols, cmask, H, NH, NB, HP, BLOCK_B, BLOCK_K, DOT_DT, PRECISION, CT)
