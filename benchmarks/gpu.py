@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
 SHAPES = [(128, 256, 128, 256), (128, 64, 64, 128), (1024, 16, 128, 256)]  # T, B, D, H
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -122,6 +122,7 @@ def bench_shape(T: int, B: int, D: int, H: int, dtype_name: str, with_python: bo
 def bench_ppo(device: str, updates: int) -> dict:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import train_speed
+
     from agents.config import TrainConfig
 
     threads = os.cpu_count() or 1
@@ -170,7 +171,7 @@ def main() -> int:
         t0 = time.perf_counter()
         try:
             item = task()
-        except Exception as err:  # one failing item must not lose the others' figures
+        except Exception as err:  # noqa: BLE001  (one failing item must not lose the others' figures)
             failed[name] = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
             continue
         item["wall_s"] = round(time.perf_counter() - t0, 1)

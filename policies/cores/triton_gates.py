@@ -164,8 +164,8 @@ def settings(x: torch.Tensor, w_hh: torch.Tensor, hidden: int) -> dict:
     dot = tl.float64 if wide else (tl.float32 if INTERPRET or x.dtype == torch.float32 else tl.bfloat16)
     tf32 = x.dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest"
     resident = nb * hp * hp <= RESIDENT_ELEMENTS and os.environ.get("URLSTM_TRITON_STREAM_W", "") in ("", "0")
-    return dict(HP=hp, NB=nb, CT=tl.float64 if wide else tl.float32, DOT_DT=dot,
-                PRECISION="tf32" if tf32 else "ieee", RESIDENT=resident)
+    return {"HP": hp, "NB": nb, "CT": tl.float64 if wide else tl.float32, "DOT_DT": dot,
+            "PRECISION": "tf32" if tf32 else "ieee", "RESIDENT": resident}
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:

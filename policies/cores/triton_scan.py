@@ -36,7 +36,7 @@ def available() -> bool:
         else:
             try:
                 from . import triton_gru, triton_lstm  # noqa: F401
-            except Exception as err:  # no triton wheel for this platform, or an old triton
+            except Exception as err:  # noqa: BLE001  (no triton for this platform, an old triton, ...)
                 reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'triton did not import'}"
         _STATE["ok"] = not reason
         if reason:
