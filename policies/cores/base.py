@@ -7,7 +7,11 @@ a new episode; before step t consumes ``x[t]`` that element's state is replaced 
 
 from __future__ import annotations
 
+import numbers
+import warnings
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import gates as G
@@ -19,6 +23,28 @@ def check_size(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+def check_dropout(dropout: object, num_layers: int) -> float:
+    """torch.nn.LSTM's check of ``dropout``: a number in [0, 1]; a warning when it can do nothing
+    (one layer: dropout acts between stacked layers only)."""
+    value = float(dropout)  # what torch does first: None or an object raises its TypeError
+    if not isinstance(dropout, numbers.Number) or isinstance(dropout, bool) or not 0 <= value <= 1:
+        raise ValueError("dropout should be a number in range [0, 1] representing the probability of "
+                         "an element being zeroed")
+    if dropout > 0 and num_layers == 1:
+        warnings.warn("dropout option adds dropout after all but last recurrent layer, so non-zero "
+                      f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
+                      f"num_layers={num_layers}", stacklevel=3)
+    return float(dropout)
+
+
+def between_layers(y: Tensor, k: int, num_layers: int, dropout: float, training: bool) -> Tensor:
+    """Layer ``k``'s output as the next layer's input: dropout after every layer but the last, in
+    training mode only (torch.nn.LSTM's rule; the final states are never dropped)."""
+    if dropout > 0 and training and k < num_layers - 1:
+        return F.dropout(y, dropout, training=True)
+    return y
 
 
 class CoreMixin:
@@ -112,12 +138,14 @@ class GridCore(CoreMixin, nn.Module):
     """What the LSTM and GRU gate-grid cores share: arguments, the grid cell, the forget bias init."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int, batch_first: bool, cell: str,
-                 impl: str, forget_bias: float, chrono_tmax: float, train_forget_bias: bool) -> None:
+                 impl: str, forget_bias: float, chrono_tmax: float, train_forget_bias: bool,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         self.input_size = check_size("input_size", input_size)
         self.hidden_size = check_size("hidden_size", hidden_size)
         self.num_layers = check_size("num_layers", num_layers)
         self.batch_first = bool(batch_first)
+        self.dropout = check_dropout(dropout, self.num_layers)
         self.primary, self.aux = G.parse_grid(cell)
         if impl not in ("fast", "reference"):
             raise ValueError(f"impl must be 'fast' or 'reference', got {impl!r}")
@@ -138,4 +166,5 @@ class GridCore(CoreMixin, nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, cell={self.cell!r}, "
-                f"impl={self.impl!r}, batch_first={self.batch_first}")
+                f"impl={self.impl!r}, batch_first={self.batch_first}"
+                + (f", dropout={self.dropout}" if self.dropout else ""))

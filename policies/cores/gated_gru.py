@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from . import gates as G
 from . import kernels
-from .base import GridCore, State
+from .base import GridCore, State, between_layers
 
 
 def gru_reference_scan(x: Tensor, w_ih: Tensor, b_ih: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor, b_f: Tensor,
@@ -121,14 +121,17 @@ def gru_fast_scan(x, w_ih, b_ih, h0, w_hh, b_hh, b_f, keep, primary: str, aux: s
     return GRUScan.apply(F.linear(x, w_ih, b_ih), h0, w_hh, b_hh, b_f, keep, primary, aux)
 
 
-def scan_layers(scan, x: Tensor, h0: Tensor, layers, keep: Tensor | None, primary: str, aux: str):
+def scan_layers(scan, x: Tensor, h0: Tensor, layers, keep: Tensor | None, primary: str, aux: str,
+                dropout: float = 0.0, training: bool = False):
     """Stacked layers: ``layers`` holds (w_ih, b_ih, w_hh, b_hh, b_f) per layer, h0 is [L, B, H].
+    ``dropout`` acts on each layer's output but the last, in training mode (torch.nn.GRU's rule).
 
     Returns y [T, B, H] of the top layer, the final state ((h [L, B, H],)) and every layer's gates, flat.
     """
     hs, gs, inp = [], [], x
     for k, (w_ih, b_ih, w_hh, b_hh, b_f) in enumerate(layers):
-        inp, h, g = scan(inp, w_ih, b_ih, h0[k], w_hh, b_hh, b_f, keep, primary, aux)
+        y, h, g = scan(inp, w_ih, b_ih, h0[k], w_hh, b_hh, b_f, keep, primary, aux)
+        inp = between_layers(y, k, len(layers), dropout, training)
         hs.append(h)
         gs.append(g.flatten())
     return inp, (torch.stack(hs),), torch.cat(gs)
@@ -141,16 +144,16 @@ class GatedGRU(GridCore):
         input_size, hidden_size, num_layers, batch_first: as torch.nn.GRU.
         cell: the grid cell XY, X in ``-COU`` (primary gate), Y in ``-MR`` (auxiliary gate).
         impl: ``"fast"`` (default) or ``"reference"`` (plain autograd loop).
-        forget_bias, chrono_tmax, train_forget_bias: as for GatedLSTM.
+        forget_bias, chrono_tmax, train_forget_bias, dropout: as for GatedLSTM.
     """
 
     state_size = 1
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = False, *,
                  cell: str = "UR", impl: str = "fast", forget_bias: float = 1.0, chrono_tmax: float = 1000.0,
-                 train_forget_bias: bool = True) -> None:
+                 train_forget_bias: bool = True, dropout: float = 0.0) -> None:
         super().__init__(input_size, hidden_size, num_layers, batch_first, cell, impl, forget_bias, chrono_tmax,
-                         train_forget_bias)
+                         train_forget_bias, dropout)
         H, nb = self.hidden_size, self.num_blocks
         for k in range(num_layers):
             width = input_size if k == 0 else H
@@ -170,7 +173,8 @@ class GatedGRU(GridCore):
         layers = [(getattr(self, f"weight_ih_l{k}"), getattr(self, f"bias_ih_l{k}"), getattr(self, f"weight_hh_l{k}"),
                    getattr(self, f"bias_hh_l{k}"), getattr(self, f"forget_bias_l{k}")) for k in range(self.num_layers)]
         scan = gru_reference_scan if self.impl == "reference" else gru_fast_scan
-        y, state, self._gates = scan_layers(scan, x, state[0], layers, keep, self.primary, self.aux)
+        y, state, self._gates = scan_layers(scan, x, state[0], layers, keep, self.primary, self.aux,
+                                            self.dropout, self.training)
         return y, state
 
 

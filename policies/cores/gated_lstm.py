@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from . import gates as G
 from . import kernels
-from .base import GridCore, State
+from .base import GridCore, State, between_layers
 
 
 def lstm_reference_scan(x: Tensor, w_ih: Tensor, bias: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, b_f: Tensor,
@@ -126,14 +126,17 @@ def lstm_fast_scan(x, w_ih, bias, h0, c0, w_hh, b_f, keep, primary: str, aux: st
     return LSTMScan.apply(F.linear(x, w_ih, bias), h0, c0, w_hh, b_f, keep, primary, aux)
 
 
-def scan_layers(scan, x: Tensor, state: State, layers, keep: Tensor | None, primary: str, aux: str):
+def scan_layers(scan, x: Tensor, state: State, layers, keep: Tensor | None, primary: str, aux: str,
+                dropout: float = 0.0, training: bool = False):
     """Stacked layers: ``layers`` holds (w_ih, bias, w_hh, b_f) per layer, state is (h0, c0), each [L, B, H].
+    ``dropout`` acts on each layer's output but the last, in training mode (torch.nn.LSTM's rule).
 
     Returns y [T, B, H] of the top layer, the final state (h, c) and every layer's gates, flat.
     """
     hs, cs, gs, inp = [], [], [], x
     for k, (w_ih, bias, w_hh, b_f) in enumerate(layers):
-        inp, h, c, g = scan(inp, w_ih, bias, state[0][k], state[1][k], w_hh, b_f, keep, primary, aux)
+        y, h, c, g = scan(inp, w_ih, bias, state[0][k], state[1][k], w_hh, b_f, keep, primary, aux)
+        inp = between_layers(y, k, len(layers), dropout, training)
         hs.append(h)
         cs.append(c)
         gs.append(g.flatten())
@@ -153,15 +156,16 @@ class GatedLSTM(GridCore):
         forget_bias: the constant forget bias of X = ``-`` (default 1.0).
         chrono_tmax: T_max of the chrono init of X = ``C`` (default 1000).
         train_forget_bias: False freezes ``forget_bias_l{k}`` at its init.
+        dropout: as torch.nn.LSTM: on each layer's output but the last, in training mode only.
     """
 
     state_size = 2
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = False, *,
                  cell: str = "UR", impl: str = "fast", forget_bias: float = 1.0, chrono_tmax: float = 1000.0,
-                 train_forget_bias: bool = True) -> None:
+                 train_forget_bias: bool = True, dropout: float = 0.0) -> None:
         super().__init__(input_size, hidden_size, num_layers, batch_first, cell, impl, forget_bias, chrono_tmax,
-                         train_forget_bias)
+                         train_forget_bias, dropout)
         H, nb = self.hidden_size, self.num_blocks
         for k in range(num_layers):
             width = input_size if k == 0 else H
@@ -178,7 +182,8 @@ class GatedLSTM(GridCore):
         layers = [(getattr(self, f"weight_ih_l{k}"), getattr(self, f"bias_l{k}"), getattr(self, f"weight_hh_l{k}"),
                    getattr(self, f"forget_bias_l{k}")) for k in range(self.num_layers)]
         scan = lstm_reference_scan if self.impl == "reference" else lstm_fast_scan
-        y, state, self._gates = scan_layers(scan, x, state, layers, keep, self.primary, self.aux)
+        y, state, self._gates = scan_layers(scan, x, state, layers, keep, self.primary, self.aux,
+                                            self.dropout, self.training)
         return y, state
 
 

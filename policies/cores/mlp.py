@@ -4,20 +4,23 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .base import CoreMixin, State, check_size
+from .base import CoreMixin, State, between_layers, check_dropout, check_size
 
 
 class MLPCore(CoreMixin, nn.Module):
-    """``num_layers`` tanh layers of width ``hidden_size`` applied to each step on its own."""
+    """``num_layers`` tanh layers of width ``hidden_size`` applied to each step on its own; ``dropout``
+    between them as torch.nn.LSTM's (not after the last, training mode only)."""
 
     state_size = 0
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = False) -> None:
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = False,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         self.input_size = check_size("input_size", input_size)
         self.hidden_size = check_size("hidden_size", hidden_size)
         self.num_layers = check_size("num_layers", num_layers)
         self.batch_first = bool(batch_first)
+        self.dropout = check_dropout(dropout, self.num_layers)
         layers: list[nn.Module] = []
         for k in range(num_layers):
             layers += [nn.Linear(input_size if k == 0 else hidden_size, hidden_size), nn.Tanh()]
@@ -27,7 +30,10 @@ class MLPCore(CoreMixin, nn.Module):
         return ()
 
     def _scan(self, x: Tensor, state: State, keep: Tensor | None):
-        return self.net(x), ()
+        for k in range(self.num_layers):  # net holds (Linear, Tanh) per layer
+            x = between_layers(self.net[2 * k + 1](self.net[2 * k](x)), k, self.num_layers, self.dropout,
+                               self.training)
+        return x, ()
 
     def gate_stats(self) -> None:
         return None

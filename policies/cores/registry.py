@@ -25,16 +25,17 @@ def make_core(spec: str, input_size: int, hidden_size: int, num_layers: int = 1,
             (== ``gru:UR``), a grid cell ``lstm:XY`` / ``gru:XY`` (X in ``-COU``, Y in ``-MR``), or
             ``mlp`` (memoryless baseline).
         input_size, hidden_size, num_layers, batch_first: as torch.nn.LSTM.
-        **options: ``impl`` ("fast" | "reference") for every recurrent core; for grid cells also
-            ``forget_bias``, ``chrono_tmax``, ``train_forget_bias``.
+        **options: ``dropout`` for every core (as torch.nn.LSTM's: between stacked layers, in
+            training mode); ``impl`` ("fast" | "reference") for every recurrent core; for grid cells
+            also ``forget_bias``, ``chrono_tmax``, ``train_forget_bias``.
     Returns:
         A module with ``initial_state``, ``forward(x, state, reset)``, ``step`` and ``gate_stats``.
     """
     if not isinstance(spec, str) or ALIASES.get(spec, spec) not in CORE_SPECS:
         raise ValueError(f"unknown core {spec!r}; valid cores: {', '.join(CORE_SPECS)}")
     spec = ALIASES.get(spec, spec)
-    allowed = {"impl"} if spec in ("lstm", "gru") else set() if spec == "mlp" else {
-        "impl", "forget_bias", "chrono_tmax", "train_forget_bias"}
+    allowed = {"impl", "dropout"} if spec in ("lstm", "gru") else {"dropout"} if spec == "mlp" else {
+        "impl", "dropout", "forget_bias", "chrono_tmax", "train_forget_bias"}
     unknown = set(options) - allowed
     if unknown:
         raise ValueError(f"core {spec!r} does not take option(s) {sorted(unknown)}; it takes {sorted(allowed) or 'none'}")
@@ -44,6 +45,6 @@ def make_core(spec: str, input_size: int, hidden_size: int, num_layers: int = 1,
     if spec == "gru":
         return GRU(*args, **options)
     if spec == "mlp":
-        return MLPCore(*args)
+        return MLPCore(*args, **options)
     family, cell = spec.split(":")
     return (GatedLSTM if family == "lstm" else GatedGRU)(*args, cell=cell, **options)

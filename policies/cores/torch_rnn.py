@@ -6,7 +6,8 @@ built, GRU always runs the gate-grid GRU's compiled scan (several times faster t
 and LSTM runs the grid's compiled LSTM loop with an untied input gate for one-step calls and where
 resets split a sequence into many segments (one call, resets inside, instead of one per segment).
 ``impl="reference"`` is a plain autograd loop of the textbook equations, kept to test the fast
-path against.
+path against. ``dropout`` is torch's: on each layer's output but the last, in training mode, applied
+between the per-layer calls of every path.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import gated_gru, gated_lstm, kernels
-from .base import CoreMixin, State, check_size
+from .base import CoreMixin, State, between_layers, check_size
 
 
 def segment_starts(keep: Tensor | None, T: int) -> list[int]:
@@ -59,7 +60,7 @@ class _TorchRNN(CoreMixin):
             self._io.append((inp.detach(), y.detach(), state[0][k].detach(), keep))
             for i, t in enumerate(s):
                 finals[i].append(t)
-            inp = y
+            inp = between_layers(y, k, self.num_layers, self.dropout, self.training)
         return inp, tuple(torch.stack(f) for f in finals)
 
     def _last_gates(self) -> Tensor | None:
@@ -85,9 +86,9 @@ class LSTM(_TorchRNN, nn.LSTM):
     state_size = 2
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = False,
-                 impl: str = "fast") -> None:
+                 impl: str = "fast", dropout: float = 0.0) -> None:
         self._setup(input_size, hidden_size, num_layers, impl)
-        nn.LSTM.__init__(self, input_size, hidden_size, num_layers, batch_first=batch_first)
+        nn.LSTM.__init__(self, input_size, hidden_size, num_layers, batch_first=batch_first, dropout=dropout)
         self.impl = impl
 
     def _scan(self, x: Tensor, state: State, keep: Tensor | None):
@@ -103,7 +104,8 @@ class LSTM(_TorchRNN, nn.LSTM):
             return super()._scan(x, state, keep, starts)
         no_bias = x.new_zeros(self.hidden_size)
         layers = [(w_ih, b_ih + b_hh, w_hh, no_bias) for w_ih, w_hh, b_ih, b_hh in self.all_weights]
-        y, state, self._gates = gated_lstm.scan_layers(kernels.lstm_scan, x, state, layers, keep, "-", "I")
+        y, state, self._gates = gated_lstm.scan_layers(kernels.lstm_scan, x, state, layers, keep, "-", "I",
+                                                       self.dropout, self.training)
         self._io = []
         return y, state
 
@@ -133,9 +135,9 @@ class GRU(_TorchRNN, nn.GRU):
     state_size = 1
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = False,
-                 impl: str = "fast") -> None:
+                 impl: str = "fast", dropout: float = 0.0) -> None:
         self._setup(input_size, hidden_size, num_layers, impl)
-        nn.GRU.__init__(self, input_size, hidden_size, num_layers, batch_first=batch_first)
+        nn.GRU.__init__(self, input_size, hidden_size, num_layers, batch_first=batch_first, dropout=dropout)
         self.impl = impl
 
     def _scan(self, x: Tensor, state: State, keep: Tensor | None):
@@ -146,7 +148,8 @@ class GRU(_TorchRNN, nn.GRU):
         # bias is the same GRU (same equations, r applied to W_hn h + b_hn)
         no_bias = x.new_zeros(self.hidden_size)
         layers = [(w_ih, b_ih, w_hh, b_hh, no_bias) for w_ih, w_hh, b_ih, b_hh in self.all_weights]
-        y, state, self._gates = gated_gru.scan_layers(gated_gru.gru_fast_scan, x, state[0], layers, keep, "-", "-")
+        y, state, self._gates = gated_gru.scan_layers(gated_gru.gru_fast_scan, x, state[0], layers, keep, "-", "-",
+                                                      self.dropout, self.training)
         self._io = []
         return y, state
 
