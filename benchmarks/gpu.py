@@ -2,6 +2,7 @@
 
     python benchmarks/gpu.py                 # everything, under 5 minutes on an H100-class GPU
     python benchmarks/gpu.py --skip-ppo --budget-s 120
+    python benchmarks/gpu.py --no-autotune    # one compilation per kernel: more items within the budget
 
 Prints one JSON object: the GPU, CPU, torch and triton versions; for T128/B256/D128/H256,
 T128/B64/D64/H128 and T1024/B16/D128/H256 in float32 and bfloat16 the forward and forward+backward
@@ -9,8 +10,9 @@ milliseconds (median of CUDA-event timings, after a warm-up that includes Triton
 ``urlstm``, ``urgru`` and ``lstm:--`` (Triton kernels), of ``urlstm`` on the Python scan (float32,
 the path before the kernels) and of torch.nn.LSTM (cuDNN), each with its ratio to cuDNN; and PPO's
 steps per second on the batched passive T-maze with 1024 environments, ``--device cuda`` against
-``--device cpu``. Items that would pass ``--budget-s`` are listed as skipped. Without CUDA it exits
-with status 2 and one line.
+``--device cpu``. Items that would start after ``--budget-s`` are listed as skipped; each core's
+``first_call_s`` is its first forward+backward, Triton's compilation and autotuning included.
+Without CUDA it exits with status 2 and one line.
 """
 
 from __future__ import annotations
@@ -29,22 +31,12 @@ sys.path.insert(0, str(ROOT))
 
 import torch
 
+from policies.cores.kernels import cpu_info
+
 SHAPES = [(128, 256, 128, 256), (128, 64, 64, 128), (1024, 16, 128, 256)]  # T, B, D, H
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 TRITON_CORES = ("urlstm", "urgru", "lstm:--")
 DEVICE = "cuda"
-
-
-def cpu_name() -> dict:
-    info = {"model": platform.processor() or platform.machine(), "cores": os.cpu_count()}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        info["model"] = next(ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name"))
-        flags = set(next(ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")))
-        info["isa"] = sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_tile", "fma"})
-    except (OSError, StopIteration):
-        pass
-    return info
 
 
 def timed(fn, budget_s: float = 1.5) -> float:
@@ -79,7 +71,11 @@ def core_times(module, x: torch.Tensor) -> dict:
         y, _ = module(x)
         y.backward(torch.ones_like(y))
 
-    return {"fwd_ms": timed(fwd), "fwd_bwd_ms": timed(fwd_bwd)}
+    t0 = time.perf_counter()
+    fwd_bwd()  # the first call compiles (and autotunes) the Triton kernels of this shape's key
+    torch.cuda.synchronize()
+    first = time.perf_counter() - t0
+    return {"fwd_ms": timed(fwd), "fwd_bwd_ms": timed(fwd_bwd), "first_call_s": round(first, 2)}
 
 
 def python_scan(enabled: bool) -> None:
@@ -142,7 +138,11 @@ def main() -> int:
                         help="start no new item after this many seconds (an item takes up to about a minute)")
     parser.add_argument("--skip-ppo", action="store_true", help="only the kernel timings")
     parser.add_argument("--ppo-updates", type=int, default=2, help="measured PPO updates per device")
+    parser.add_argument("--no-autotune", action="store_true",
+                        help="one configuration per kernel (URLSTM_TRITON_AUTOTUNE=0): fewer compilations")
     args = parser.parse_args()
+    if args.no_autotune:
+        os.environ["URLSTM_TRITON_AUTOTUNE"] = "0"
     if not torch.cuda.is_available():
         print("benchmarks/gpu.py: needs a CUDA GPU (torch.cuda.is_available() is False)", file=sys.stderr)
         return 2
@@ -180,10 +180,11 @@ def main() -> int:
     if len(ppo) == 2:
         results.append({"ppo_sps_ratio_cuda_to_cpu": round(ppo["cuda"] / ppo["cpu"], 2)})
     print(json.dumps({
-        "benchmark": "gpu", "gpu": torch.cuda.get_device_name(), "cpu": cpu_name(),
+        "benchmark": "gpu", "gpu": torch.cuda.get_device_name(), "cpu": cpu_info(),
         "load_avg_1m": round(os.getloadavg()[0], 2), "python": platform.python_version(), "torch": torch.__version__,
         "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(), "triton": triton_version,
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "triton_autotune": os.environ.get("URLSTM_TRITON_AUTOTUNE", "1") != "0",
         "results": results, "skipped_for_time": skipped, "failed": failed,
         "total_s": round(time.perf_counter() - start, 1),
     }, indent=1))
