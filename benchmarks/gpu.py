@@ -31,8 +31,6 @@ sys.path.insert(0, str(ROOT))
 
 import torch
 
-from policies.cores.kernels import cpu_info
-
 SHAPES = [(128, 256, 128, 256), (128, 64, 64, 128), (1024, 16, 128, 256)]  # T, B, D, H
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 TRITON_CORES = ("urlstm", "urgru", "lstm:--")
@@ -155,6 +153,8 @@ def main() -> int:
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
+    from policies.cores.kernels import cpu_info
+
     start = time.perf_counter()
     tasks = [(f"T{T}/B{B}/D{D}/H{H} {dt}", lambda T=T, B=B, D=D, H=H, dt=dt: bench_shape(
         T, B, D, H, dt, with_python=dt == "float32")) for (T, B, D, H) in SHAPES[:1] for dt in ("float32",)]
