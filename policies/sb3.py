@@ -40,9 +40,35 @@ from torch import nn
 
 from policies.cores import make_core
 
-__all__ = ["URLSTMCnnPolicy", "URLSTMMultiInputPolicy", "URLSTMPolicy"]
+__all__ = ["PolicyArgumentError", "URLSTMCnnPolicy", "URLSTMMultiInputPolicy", "URLSTMPolicy"]
 
 _DEFAULT_HIDDEN = 256  # RecurrentActorCriticPolicy's default lstm_hidden_size
+# torch.nn.LSTM arguments sb3-contrib passes through lstm_kwargs: dropout reaches the core; the others
+# are accepted at the value that changes nothing (sb3's buffers are time-major, one direction, no
+# projection)
+_LSTM_NO_OPS = {"bias": True, "batch_first": False, "bidirectional": False, "proj_size": 0}
+
+
+class PolicyArgumentError(AssertionError, ValueError):
+    """An invalid combination of the policy's arguments. An AssertionError, as sb3-contrib raises for
+    the same combinations (code written for it catches this), and a ValueError."""
+
+
+def _core_options(lstm_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """sb3-contrib's ``lstm_kwargs`` (torch.nn.LSTM's keyword arguments) as core options."""
+    options = {}
+    for key, value in lstm_kwargs.items():
+        if key == "dropout":
+            options["dropout"] = value
+        elif key in _LSTM_NO_OPS and value == _LSTM_NO_OPS[key]:
+            continue
+        else:
+            raise ValueError(
+                f"lstm_kwargs {key}={value!r} is not supported by the cores; they take dropout "
+                f"(and {', '.join(f'{k}={v!r}' for k, v in _LSTM_NO_OPS.items())}); core options go "
+                "in core_kwargs"
+            )
+    return options
 
 
 class URLSTMPolicy(RecurrentActorCriticPolicy):
@@ -55,7 +81,13 @@ class URLSTMPolicy(RecurrentActorCriticPolicy):
         core: core spec of the registry (`policies.cores.CORE_SPECS`), e.g. "urlstm", "lstm",
             "gru", "urgru", "mlp", "lstm:CR".
         hidden_size: alias of `lstm_hidden_size`.
-        core_kwargs: options passed to `make_core` (`lstm_kwargs` is merged in for compatibility).
+        lstm_kwargs: sb3-contrib's torch.nn.LSTM arguments: `dropout` (between stacked layers, as
+            torch's) reaches the core; `bias`, `batch_first`, `bidirectional` and `proj_size` are
+            accepted at their defaults.
+        core_kwargs: options passed to `make_core` (e.g. `impl`, `forget_bias`, `dropout`).
+
+    Invalid shared/critic core combinations raise `PolicyArgumentError`, an AssertionError as in
+    sb3-contrib.
 
     With `core="lstm"` the parameters are named and initialised like stock `MlpLstmPolicy`'s, so
     a state_dict moves between the two and the same seed gives the same initial weights.
@@ -97,12 +129,13 @@ class URLSTMPolicy(RecurrentActorCriticPolicy):
                 )
             lstm_hidden_size = hidden_size
         if shared_lstm and enable_critic_lstm:
-            raise ValueError(
+            raise PolicyArgumentError(
                 "shared_lstm=True needs enable_critic_lstm=False: choose between a shared core, "
                 "a separate critic core, or none for the critic"
             )
         if shared_lstm and not share_features_extractor:
-            raise ValueError("shared_lstm=True needs share_features_extractor=True")
+            raise PolicyArgumentError("shared_lstm=True needs share_features_extractor=True")
+        lstm_options = _core_options(lstm_kwargs or {})
 
         # Same construction order as RecurrentActorCriticPolicy.__init__ (base networks, actor
         # core, critic Linear or core, optimizer), so a seed draws the same initial weights.
@@ -129,6 +162,7 @@ class URLSTMPolicy(RecurrentActorCriticPolicy):
         )
         self.core_spec = core
         self.lstm_kwargs = lstm_kwargs or {}
+        self._lstm_options = lstm_options
         self.core_kwargs = core_kwargs or {}
         self.n_lstm_layers = n_lstm_layers
         self.shared_lstm = shared_lstm
@@ -148,7 +182,7 @@ class URLSTMPolicy(RecurrentActorCriticPolicy):
         )
 
     def _make_core(self) -> nn.Module:
-        options = {**self.lstm_kwargs, **self.core_kwargs}
+        options = {**self._lstm_options, **self.core_kwargs}
         return make_core(
             self.core_spec, self.features_dim, self.lstm_output_dim, self.n_lstm_layers, **options
         )

@@ -347,3 +347,103 @@ def test_urlstm_learns_a_short_memory_chain(core, passes):
         assert result["success_rate"] >= 0.9, result
     else:
         assert result["success_rate"] <= 0.6, result
+
+
+# ---------------------------------------------------------------------------------------------
+# sb3-contrib's own RecurrentPPO tests (tests/test_lstm.py of stable-baselines3-contrib 2.x),
+# with this adapter's policies in place of MlpLstmPolicy / CnnLstmPolicy / MultiInputLstmPolicy
+# ---------------------------------------------------------------------------------------------
+
+DROPOUT_CASES = [
+    dict(enable_critic_lstm=True, lstm_hidden_size=4, lstm_kwargs=dict(dropout=0.5), n_lstm_layers=2),
+    dict(enable_critic_lstm=False, lstm_hidden_size=4, lstm_kwargs=dict(dropout=0.5), n_lstm_layers=2),
+]
+
+
+class ToDictWrapper(gym.Wrapper):
+    """sb3-contrib's wrapper for testing MultiInputLstmPolicy on Dict observations."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.observation_space = spaces.Dict({"obs": self.env.observation_space})
+
+    def reset(self, **kwargs):
+        return {"obs": self.env.reset(**kwargs)[0]}, {}
+
+    def step(self, action):
+        obs, reward, done, truncated, infos = self.env.step(action)
+        return {"obs": obs}, reward, done, truncated, infos
+
+
+@pytest.mark.parametrize("policy_kwargs", [
+    {},
+    {"share_features_extractor": False},
+    dict(shared_lstm=True, enable_critic_lstm=False),
+    *DROPOUT_CASES,
+    dict(enable_critic_lstm=False, lstm_hidden_size=4, share_features_extractor=False),
+])
+def test_sb3_contrib_cnn(policy_kwargs):
+    from stable_baselines3.common.envs import FakeImageEnv
+
+    model = RecurrentPPO(URLSTMCnnPolicy, FakeImageEnv(screen_height=40, screen_width=40, n_channels=3),
+                         n_steps=16, seed=0,
+                         policy_kwargs=dict(**policy_kwargs, features_extractor_kwargs=dict(features_dim=32)),
+                         n_epochs=2)
+    model.learn(total_timesteps=32)
+
+
+@pytest.mark.parametrize("policy_kwargs", [{}, dict(shared_lstm=True, enable_critic_lstm=False),
+                                           *DROPOUT_CASES])
+def test_sb3_contrib_policy_kwargs(policy_kwargs):
+    model = RecurrentPPO(URLSTMPolicy, "CartPole-v1", n_steps=16, seed=0, policy_kwargs=policy_kwargs)
+    model.learn(total_timesteps=32)
+
+
+@pytest.mark.parametrize("policy_kwargs", [{}, dict(shared_lstm=True, enable_critic_lstm=False),
+                                           *DROPOUT_CASES])
+def test_sb3_contrib_dict_obs(policy_kwargs):
+    from stable_baselines3.common.env_util import make_vec_env
+
+    env = make_vec_env("CartPole-v1", n_envs=1, wrapper_class=ToDictWrapper)
+    model = RecurrentPPO(URLSTMMultiInputPolicy, env, n_steps=32, policy_kwargs=policy_kwargs).learn(64)
+    evaluate_policy(model, env, warn=False)
+
+
+def test_sb3_contrib_check():
+    """The invalid shared/critic combinations raise AssertionError, as sb3-contrib's policy does."""
+    for policy_kwargs in (dict(shared_lstm=True, enable_critic_lstm=True),
+                          dict(shared_lstm=True, enable_critic_lstm=False, share_features_extractor=False)):
+        with pytest.raises(AssertionError):
+            RecurrentPPO(URLSTMPolicy, "CartPole-v1", n_steps=16, seed=0, policy_kwargs=policy_kwargs)
+
+
+@pytest.mark.parametrize("core", ["urlstm", "lstm", "urgru", "mlp"])
+def test_lstm_kwargs_dropout_reaches_every_core_and_acts_only_in_training(core):
+    model = RecurrentPPO(URLSTMPolicy, CueEnv(), policy_kwargs=dict(
+        core=core, n_lstm_layers=2, lstm_kwargs=dict(dropout=0.5), **NET), **SMALL)
+    p = model.policy
+    assert p.lstm_actor.dropout == 0.5 and p.lstm_critic.dropout == 0.5
+    obs = torch.ones(4, 2)
+    state = RNNStates(*[tuple(torch.zeros(2, 4, 8) for _ in range(2))] * 2)
+    starts = torch.zeros(4)
+    p.set_training_mode(False)
+    v1, v2 = p.predict_values(obs, state.vf, starts), p.predict_values(obs, state.vf, starts)
+    torch.testing.assert_close(v1, v2)  # eval mode: no dropout, deterministic
+    p.set_training_mode(True)
+    torch.manual_seed(0)
+    drawn = [p.predict_values(obs, state.vf, starts) for _ in range(4)]
+    assert any(not torch.equal(drawn[0], d) for d in drawn[1:])  # training mode draws masks
+    model.learn(32)
+    assert np.isfinite(model.logger.name_to_value["train/loss"])
+
+
+def test_lstm_kwargs_torch_defaults_accepted_others_rejected():
+    ok = RecurrentPPO(URLSTMPolicy, CueEnv(), policy_kwargs=dict(
+        lstm_kwargs=dict(bias=True, batch_first=False, bidirectional=False, proj_size=0), **NET), **SMALL)
+    assert ok.policy.lstm_actor.dropout == 0.0
+    with pytest.raises(ValueError, match="lstm_kwargs bidirectional=True is not supported"):
+        RecurrentPPO(URLSTMPolicy, CueEnv(), policy_kwargs=dict(lstm_kwargs=dict(bidirectional=True), **NET),
+                     **SMALL)
+    with pytest.raises(ValueError, match="dropout should be a number in range"):
+        RecurrentPPO(URLSTMPolicy, CueEnv(), policy_kwargs=dict(
+            n_lstm_layers=2, lstm_kwargs=dict(dropout=2.0), **NET), **SMALL)
