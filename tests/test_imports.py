@@ -1,5 +1,7 @@
-"""No import circle inside the project: the graph of every import statement between its modules,
-deferred ones inside functions included, has no cycle."""
+"""No import circle inside the project: the graph of the import statements that run when a module is
+imported (at module level, inside ``if``/``try`` blocks and class bodies too, ``if TYPE_CHECKING:``
+included) has no cycle. Imports deferred into a function body run only when it is called and are
+not counted (``imported(..., deferred=True)`` counts them)."""
 
 from __future__ import annotations
 
@@ -24,11 +26,23 @@ def project_modules() -> dict[str, Path]:
     return mods
 
 
-def imported(name: str, file: Path, known: set[str]) -> set[str]:
-    """The project modules that ``file`` (module ``name``) imports, anywhere in its body."""
+def _statements(tree: ast.AST, deferred: bool):
+    """Every node of ``tree``, not descending into function bodies unless ``deferred``."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if deferred or not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                stack.append(child)
+
+
+def imported(name: str, file: Path, known: set[str], deferred: bool = False) -> set[str]:
+    """The project modules that ``file`` (module ``name``) imports when it is imported (with
+    ``deferred``, also inside its functions)."""
     is_pkg = file.name == "__init__.py"
     out: set[str] = set()
-    for node in ast.walk(ast.parse(file.read_text(), str(file))):
+    for node in _statements(ast.parse(file.read_text(), str(file)), deferred):
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -113,7 +127,11 @@ def test_find_cycle(graph, cycle):
 def test_imported_resolves_submodules_functions_and_relative_imports(tmp_path):
     f = tmp_path / "m.py"
     f.write_text("import os\nfrom agents import checkpoint as ckpt\nfrom agents.rollout import Carry\n"
+                 "if TYPE_CHECKING:\n    from agents.ppo import Rollout\n"
+                 "class C:\n    from agents import logger\n"
                  "def g():\n    from . import sibling\n    import policies.cores.base\n")
-    known = {"agents", "agents.checkpoint", "agents.rollout", "pkg.sibling", "policies.cores.base"}
-    assert imported("pkg.m", f, known) == {"agents.checkpoint", "agents.rollout", "pkg.sibling",
-                                          "policies.cores.base"}
+    known = {"agents", "agents.checkpoint", "agents.rollout", "agents.ppo", "agents.logger",
+             "pkg.sibling", "policies.cores.base"}
+    at_import = {"agents.checkpoint", "agents.rollout", "agents.ppo", "agents.logger"}
+    assert imported("pkg.m", f, known) == at_import
+    assert imported("pkg.m", f, known, deferred=True) == at_import | {"pkg.sibling", "policies.cores.base"}
