@@ -11,21 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from policies.cores import CORE_SPECS, kernels, make_core
+from policies.cores import CORE_SPECS, make_core
 from policies.cores import base as core_base
 from policies.cores import gated_lstm
+from test_cores import backend  # noqa: F401  (the fixture: compiled scan, then Python scan)
 
 P = 0.5
 FAMILIES = ["lstm", "gru", "mlp", "urlstm", "urgru", "lstm:O-", "gru:CM"]  # each constructor and loop
-
-
-@pytest.fixture(params=["compiled", "python"])
-def backend(request, monkeypatch):
-    """Run a test with the compiled scan and again with the Python scan."""
-    if request.param == "compiled" and not kernels.extension():
-        pytest.skip("the compiled scan did not build here")
-    monkeypatch.setitem(kernels._STATE, "ok", request.param == "compiled")
-    return request.param
 
 
 def _x(T=6, B=3, D=5, seed=0):
