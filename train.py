@@ -4,6 +4,7 @@
     python train.py eval --checkpoint RUN_OR_FILE [--episodes N] [--video out.gif]
     python train.py compare --cores lstm,urlstm --seeds 3 --sweep length=50,100 --out runs/NAME [train flags]
     python train.py report runs/NAME              # report.md + report.png of a folder of runs
+    python train.py presets [--env ID]            # the presets of tuned settings per environment
 
 This is the only module that parses flags: they are generated from ``agents.config.TrainConfig``,
 whose field docstrings are the help text. Bad input prints one line ``error: ...`` and exits with 2.
@@ -109,19 +110,76 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type = TrainConfig) -
 
 def parse_train(argv: Sequence[str]) -> tuple[TrainConfig, set[str]]:
     """Flags -> (config, names of the fields given explicitly)."""
+    cfg, explicit, _ = parse_train_preset(argv)
+    return cfg, explicit
+
+
+def parse_train_preset(argv: Sequence[str]) -> tuple[TrainConfig, set[str], dict[str, Any]]:
+    """Flags -> (config, names of the fields given explicitly, the settings the preset supplied)."""
     parser = _Parser(prog="train.py", description="Train a recurrent PPO agent on a memory task. "
-                     "Subcommand: 'train.py eval --checkpoint PATH' evaluates a trained agent.")
+                     "Naming --env applies its preset of tuned settings (agents/presets.toml), under "
+                     "the flags given here. Subcommands: 'train.py eval --checkpoint PATH' evaluates "
+                     "a trained agent, 'train.py presets' lists the presets, 'train.py compare' and "
+                     "'train.py report' compare memory cores.")
     add_config_flags(parser)
     given = vars(parser.parse_args(list(argv)))
     explicit = set(given)
     if "env_kwargs" in given:
         given["env_kwargs"] = parse_kwargs(given["env_kwargs"])
-    elif given.get("env", TrainConfig.env) != TrainConfig.env and "resume" not in given:
-        given["env_kwargs"] = {}  # the default kwargs (length=50) belong to the default env
+    supplied: dict[str, Any] = {}
+    if "resume" not in given:  # a resumed run keeps its saved settings
+        supplied = apply_preset(given)
+        if "env_kwargs" not in given and given.get("env", TrainConfig.env) != TrainConfig.env:
+            given["env_kwargs"] = {}  # the default kwargs (length=50) belong to the default env
     if given.get("algo") == "impala" and "resume" not in given:  # small batches, more steps
         given.setdefault("num_envs", IMPALA_ENVS_PER_ACTOR * given.get("num_actors", TrainConfig.num_actors))
         given.setdefault("total_steps", IMPALA_TOTAL_STEPS)
-    return TrainConfig(**given), explicit
+    return TrainConfig(**given), explicit, supplied
+
+
+def apply_preset(given: dict[str, Any]) -> dict[str, Any]:
+    """Fill ``given`` (parsed flags) from its --preset (auto: the one for --env and --algo) where no
+    flag was given; env kwargs merge key by key. Returns the settings the preset supplied."""
+    from agents import presets
+
+    env, algo = given.get("env", TrainConfig.env), given.get("algo", TrainConfig.algo)
+    choice = given.get("preset", TrainConfig.preset)
+    given["preset"] = "none"
+    if choice == "none":
+        return {}
+    try:
+        preset = presets.find(env, algo) if choice == "auto" else presets.by_name(choice)
+        if preset is None:
+            return {}
+        if preset.algo != algo:
+            raise UsageError(f"preset {preset.name} is for --algo {preset.algo}, not {algo}: pick "
+                             "another with --preset (python train.py presets lists them)")
+        settings = presets.resolve(preset, env, given.get("env_kwargs", {}))
+    except presets.PresetError as err:
+        raise UsageError(_one_line(err)) from None
+    supplied: dict[str, Any] = {}
+    for key, value in settings.items():
+        if key == "env_kwargs":
+            added = {k: v for k, v in value.items() if k not in given.get("env_kwargs", {})}
+            if added:
+                supplied[key] = added
+            given[key] = value
+        elif key not in given:
+            given[key] = supplied[key] = value
+    given["preset"] = preset.name
+    return supplied
+
+
+def preset_line(cfg: TrainConfig, supplied: dict[str, Any]) -> str:
+    """The first line of a run: which preset, and which flags came from it."""
+    from agents.presets import as_flags
+
+    if cfg.preset == "none":
+        return "preset: none (every setting from the flags and the defaults)"
+    if not supplied:
+        return f"preset {cfg.preset}: every one of its settings was given as a flag"
+    return (f"preset {cfg.preset} ({cfg.algo} on {cfg.env}; flags override it, --preset none drops "
+            f"it): {as_flags(supplied)}")
 
 
 def parse_eval(argv: Sequence[str]) -> argparse.Namespace:
@@ -218,7 +276,7 @@ def run_train(argv: Sequence[str], stop=None) -> tuple[int, dict | None]:
     from agents.logger import git_commit, make_run_dir, write_json
     from agents.resources import check_training_memory, check_writable
 
-    cfg, given = parse_train(argv)
+    cfg, given, supplied = parse_train_preset(argv)
     distributed.init(cfg.device)  # under torchrun: join its process group (else nothing)
     resume = None
     if cfg.resume is not None:
@@ -260,7 +318,7 @@ def run_train(argv: Sequence[str], stop=None) -> tuple[int, dict | None]:
     else:
         run_dir = distributed.on_rank0(make_run_dir, cfg.logdir, cfg.env, cfg.core, cfg.seed,
                                        cfg.run_name)
-    meta = {**cfg.to_dict(), "world_size": distributed.world_size(),
+    meta = {**cfg.to_dict(), "preset_settings": supplied, "world_size": distributed.world_size(),
             "git_commit": git_commit(), "device_resolved": str(device),
             "torch": torch.__version__, "torch_threads_resolved": torch.get_num_threads(),
             "params": sum(p.numel() for p in policy.parameters()),
@@ -268,6 +326,8 @@ def run_train(argv: Sequence[str], stop=None) -> tuple[int, dict | None]:
     if distributed.is_main():  # under torchrun rank 0 alone writes and prints
         write_json(os.path.join(run_dir, "config.json" if resume is None else "config_resumed.json"),
                    meta)
+    if cfg.resume is None and distributed.is_main():  # the run's first line
+        print(preset_line(cfg, supplied), file=sys.stderr, flush=True)
     if cfg.progress and distributed.is_main():
         print(f"training {cfg.core} on {cfg.env} {cfg.env_kwargs or ''} for {cfg.num_updates * cfg.batch_size:,} "
               f"steps on {device}; run folder {run_dir}", file=sys.stderr)
@@ -434,6 +494,33 @@ def run_report(argv: Sequence[str]) -> int:
     return 0
 
 
+def run_presets(argv: Sequence[str]) -> int:
+    from agents import presets
+
+    parser = _Parser(prog="train.py presets", description="List the presets of tuned settings: what "
+                     "each matches, for which --algo, its settings as flags and what was measured with "
+                     "it. With --env: the preset that a run on that id would use, and its settings.")
+    parser.add_argument("--env", default=None, help="show the preset for this environment id")
+    parser.add_argument("--algo", default="ppo", choices=presets.ALGOS, help="learner (default: ppo)")
+    parser.add_argument("--env-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="with --env: env keyword arguments to evaluate the settings with")
+    args = parser.parse_args(list(argv))
+    try:
+        if args.env is None:
+            print(presets.describe(), end="")
+            return 0
+        preset = presets.find(args.env, args.algo)
+        if preset is None:
+            print(f"no preset for {args.env} with --algo {args.algo}")
+            return 0
+        settings = presets.resolve(preset, args.env, parse_kwargs(args.env_kwargs))
+    except presets.PresetError as err:
+        raise UsageError(_one_line(err)) from None
+    print(f"{preset.name} [{preset.algo}]: {presets.as_flags(settings)}")
+    print(f"  evidence: {preset.evidence}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from agents.checkpoint import CheckpointError
     from agents.evaluate import EvaluationError
@@ -447,6 +534,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_compare(argv[1:])
         if argv[:1] == ["report"]:
             return run_report(argv[1:])
+        if argv[:1] == ["presets"]:
+            return run_presets(argv[1:])
         if argv[:1] == ["train"]:
             argv = argv[1:]
         return run_train(argv)[0]

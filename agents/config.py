@@ -31,7 +31,13 @@ class TrainConfig:
     any Gymnasium id."""
     env_kwargs: dict[str, Any] = field(default_factory=_default_env_kwargs)
     """Keyword arguments of the environment as key=value pairs, e.g. --env-kwargs length=100
-    (values are parsed as Python literals; pass --env-kwargs with nothing after it for none)."""
+    (values are parsed as Python literals; pass --env-kwargs with nothing after it for none).
+    They are merged key by key over the preset's."""
+    preset: str = "auto"
+    """Settings preset from agents/presets.toml (python train.py presets lists them): auto applies
+    the most specific one for --env and --algo, NAME another one, none no preset. Flags given on
+    the command line override its settings; config.json records the preset used (here its name)
+    and the settings it supplied (preset_settings)."""
     core: str = "urlstm"
     """Memory core: lstm, gru, urlstm, urgru, mlp (no memory), or a gate-grid variant such as lstm:UR."""
     hidden_size: int = 128
@@ -207,6 +213,7 @@ class TrainConfig:
              f"--device must be auto, cpu or cuda, got {self.device!r}")
         need(isinstance(self.env_kwargs, dict), "--env-kwargs must be key=value pairs")
         need(bool(self.env) and bool(self.core), "--env and --core must not be empty")
+        need(isinstance(self.preset, str) and bool(self.preset), "--preset must be auto, a name or none")
         need(self.algo in ("ppo", "impala"), f"--algo must be ppo or impala, got {self.algo!r}")
         for name in ("num_actors", "unroll_length", "learner_batch", "learner_epochs",
                      "learner_minibatches"):

@@ -62,6 +62,8 @@ _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, as
         ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
         ast.USub: operator.neg, ast.UAdd: operator.pos}
 _FUNCS = {"min": min, "max": max, "int": int, "round": round}
+_CMPS = {ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
+         ast.Eq: operator.eq, ast.NotEq: operator.ne}
 
 
 def _eval(node: ast.AST, names: dict[str, Any]) -> Any:
@@ -76,8 +78,13 @@ def _eval(node: ast.AST, names: dict[str, Any]) -> Any:
     if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCS
             and not node.keywords):
         return _FUNCS[node.func.id](*(_eval(a, names) for a in node.args))
-    raise SweepError(f"only numbers, {', '.join(names) or 'no names'}, + - * / // % ** and "
-                     f"{', '.join(_FUNCS)} may appear in {{...}}, got {ast.unparse(node)!r}")
+    if isinstance(node, ast.IfExp):  # a if test else b
+        return _eval(node.body if _eval(node.test, names) else node.orelse, names)
+    if (isinstance(node, ast.Compare) and len(node.ops) == 1 and type(node.ops[0]) in _CMPS):
+        return _CMPS[type(node.ops[0])](_eval(node.left, names), _eval(node.comparators[0], names))
+    raise SweepError(f"only numbers, {', '.join(names) or 'no names'}, + - * / // % **, comparisons, "
+                     f"'a if test else b' and {', '.join(_FUNCS)} may appear in {{...}}, got "
+                     f"{ast.unparse(node)!r}")
 
 
 def render(arg: str, names: dict[str, Any]) -> str:

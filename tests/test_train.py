@@ -108,10 +108,10 @@ def test_flags_round_trip_into_the_config():
     assert given == {"core", "env_kwargs", "anneal_lr", "target_kl", "seq_len", "num_steps"}
     assert train.parse_train(["--target-kl", "none"])[0].target_kl is None
     assert train.parse_train(["--env-kwargs"])[0].env_kwargs == {}
-    # the default env's kwargs (length=50) do not follow another --env
-    assert train.parse_train(["--env", "MiniGrid-MemoryS7-v0"])[0].env_kwargs == {}
+    # the default env's kwargs (length=50) do not follow another --env (without its preset's kwargs)
+    assert train.parse_train(["--env", "MiniGrid-MemoryS7-v0", "--preset", "none"])[0].env_kwargs == {}
     assert train.parse_train(["--env", "urlstm/TMazePassive-v0"])[0].env_kwargs == {"length": 50}
-    cfg = train.parse_train(["--env", "urlstm/MemoryChain-v0", "--policy-head-gain", "1.0"])[0]
+    cfg = train.parse_train(["--env", "urlstm/MemoryChain-v0", "--policy-head-gain", "1.0", "--preset", "none"])[0]
     assert cfg.env_kwargs == {} and cfg.policy_head_gain == 1.0
     venv = train.make_env(cfg, num_envs=1)
     head = train.make_policy(cfg, venv, torch.device("cpu")).head.linear.weight
