@@ -308,7 +308,7 @@ def run_train(argv: Sequence[str], stop=None) -> tuple[int, dict | None]:
         check_training_memory(cfg, policy, device)
         if cfg.eval_episodes or cfg.eval_every:
             from agents.evaluate import check_episode_limit, eval_envs
-            check_episode_limit(venv, cfg.env)
+            check_episode_limit(venv, cfg.env, remedy="skip the evaluations: --eval-episodes 0")
             eval_envs(policy, device, max(cfg.eval_episodes, 1))
     except BaseException:
         venv.close()

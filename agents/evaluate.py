@@ -130,13 +130,15 @@ def episode_limit(venv) -> int | None:
     return None
 
 
-def check_episode_limit(venv, env_id: str, guard: int | None = None) -> None:
-    """Raise EvaluationError when ``venv``'s episodes may outlast the evaluation's step guard."""
+def check_episode_limit(venv, env_id: str, guard: int | None = None,
+                        remedy: str = "raise --max-episode-steps") -> None:
+    """Raise EvaluationError when ``venv``'s episodes may outlast the evaluation's step guard
+    (the message ends with ``remedy``)."""
     guard = guard or MAX_EPISODE_STEPS
     limit = episode_limit(venv)
     if limit is not None and limit > guard:
         raise EvaluationError(f"episodes of {env_id} last up to {limit:,} steps, more than the "
-                              f"evaluation's guard of {guard:,} steps per episode; shorten them")
+                              f"evaluation's guard of {guard:,} steps per episode: shorten them or {remedy}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -144,12 +144,12 @@ def test_cli_eval_whose_envs_cannot_fit_in_memory(run_dir):
 
 def test_cli_eval_whose_episodes_outlast_the_step_guard(run_dir):
     p = cli("eval", "--checkpoint", str(run_dir), "--max-episode-steps", "2")
-    one_line_error(p, "last up to 4 steps", "guard of 2 steps")
+    one_line_error(p, "last up to 4 steps", "guard of 2 steps", "raise --max-episode-steps")
 
 
 def test_cli_train_whose_episodes_outlast_the_step_guard_stops_before_training(tmp_path):
     p = cli("--env-kwargs", "length=200000", "--no-progress", "--device", "cpu", "--logdir", str(tmp_path))
-    one_line_error(p, "up to 200,001 steps", "guard of 100,000 steps")
+    one_line_error(p, "up to 200,001 steps", "guard of 100,000 steps", "--eval-episodes 0")
     assert not os.listdir(tmp_path)  # no run folder: nothing started
 
 
