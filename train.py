@@ -159,6 +159,8 @@ def apply_preset(given: dict[str, Any]) -> dict[str, Any]:
         raise UsageError(_one_line(err)) from None
     supplied: dict[str, Any] = {}
     for key, value in settings.items():
+        if key == "env_kwargs" and given.get(key) == {}:  # --env-kwargs with nothing after it: none
+            continue
         if key == "env_kwargs":
             added = {k: v for k, v in value.items() if k not in given.get("env_kwargs", {})}
             if added:

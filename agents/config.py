@@ -31,8 +31,8 @@ class TrainConfig:
     any Gymnasium id."""
     env_kwargs: dict[str, Any] = field(default_factory=_default_env_kwargs)
     """Keyword arguments of the environment as key=value pairs, e.g. --env-kwargs length=100
-    (values are parsed as Python literals; pass --env-kwargs with nothing after it for none).
-    They are merged key by key over the preset's."""
+    (values are parsed as Python literals). They are merged key by key over the preset's; pass
+    --env-kwargs with nothing after it for none at all."""
     preset: str = "auto"
     """Settings preset from agents/presets.toml (python train.py presets lists them): auto applies
     the most specific one for --env and --algo, NAME another one, none no preset. Flags given on

@@ -127,7 +127,7 @@ def plan(env: str, cores: Sequence[str], seeds: Sequence[int], key: str | None, 
                              "set by compare itself: give them as compare flags")
         kwargs = dict(env_kwargs, **names)
         kw_flags = ["--env-kwargs", *(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
-                                      for k, v in kwargs.items())]
+                                      for k, v in kwargs.items())] if kwargs else []  # else: the preset's
         for seed in seeds:  # seed-major: a sweep stopped halfway has every core at the same seeds
             for core in cores:
                 tag = "" if key is None else f"__{key}{value}"

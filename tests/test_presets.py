@@ -86,6 +86,8 @@ def test_explicit_flags_override_the_preset_and_env_kwargs_merge():
     assert supplied["env_kwargs"] == {"vectorization": "sync"} and supplied["num_steps"] == 128
     cfg = train.parse_train(["--env", "MiniGrid-MemoryS7-v0", "--env-kwargs", "vectorization='async'"])[0]
     assert cfg.env_kwargs == {"vectorization": "async"}
+    cfg = train.parse_train(["--env", "MiniGrid-MemoryS7-v0", "--env-kwargs"])[0]  # nothing after it: none
+    assert cfg.env_kwargs == {} and cfg.num_steps == 128
     cfg, _, supplied = train.parse_train_preset(["--env-kwargs", "length=100", "--gamma", "0.95"])
     assert (cfg.num_steps, cfg.num_envs, cfg.gamma) == (101, 16, 0.95) and "gamma" not in supplied
     line = train.preset_line(cfg, supplied)
