@@ -84,3 +84,12 @@ def test_the_checker_finds_broken_links_and_anchors(tmp_path):
     assert anchors(tmp_path / "b.md") == {"a-title-with-punctuation", "speed", "speed-1"}
     assert broken(page) == ["missing.png (no such file)", "b.md#nope (no heading #nope in b.md)",
                             "b.md#not-a-heading (no heading #not-a-heading in b.md)"]
+
+
+def test_readme_core_example_runs():
+    """The README's "core inside your own model" block runs as written."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    code = next(b for b in blocks if "make_core" in b)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert tuple(scope["y"].shape) == (100, 16, 128) and tuple(scope["out"].shape) == (16, 100, 128)
