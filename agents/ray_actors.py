@@ -161,12 +161,16 @@ class RayActorPool:
         return slot // self.per_actor
 
     def publish(self, policy: ActorCritic, version: int) -> None:
-        weights = {k: v.detach().to("cpu") for k, v in policy.state_dict().items()}
-        if self.store is None:  # before start: published when the store exists
-            self._published = (weights, version)
-            return
-        ray = import_ray()
-        self._weights_ref = ray.put(weights)  # kept alive here while the store hands it out
+        """``ray.put`` the weights and hand the reference to the store (before ``start``: then)."""
+        self._published = ({k: v.detach().to("cpu") for k, v in policy.state_dict().items()},
+                           version)
+        if self.store is not None:
+            self._put()
+
+    def _put(self) -> None:
+        weights, version = self._published
+        self._published = None
+        self._weights_ref = import_ray().put(weights)  # kept alive while the store hands it out
         self.store.set.remote(version, [self._weights_ref])
 
     def start(self) -> None:
@@ -175,10 +179,7 @@ class RayActorPool:
         name = f"urlstm-weights-{uuid.uuid4().hex}"
         self.store = ray.remote(num_cpus=0)(WeightStore).options(name=name).remote()
         if self._published is not None:
-            weights, version = self._published
-            self._published = None
-            self._weights_ref = ray.put(weights)
-            self.store.set.remote(version, [self._weights_ref])
+            self._put()
         worker = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=0)(UnrollWorker)
         cfg = self.cfg.to_dict()
         self.workers = [worker.remote(cfg, name) for _ in range(self.cfg.num_actors)]

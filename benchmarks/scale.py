@@ -8,7 +8,8 @@ with 2 torchrun ranks against 1, and Ray's start-up time. One run, one JSON obje
   4 envs each, learner batch 1, the same seed and step budget, once with ``--actors local`` and
   once with ``--actors ray`` (a private Ray instance started by the run: its start-up is in the
   end-to-end figure, not in the steady one). SPS end to end (from the start of ``train()``) and
-  steady (from the first finished update to the last).
+  steady (from the first finished update to the last). Each setting runs ``--repeats`` times,
+  the two transports in alternating order; the medians are compared.
 * ``ppo``: ``torchrun --standalone --nproc_per_node N train.py`` for N = 1 and 2 on the default
   T-maze (32 envs in all, 102 steps, the default network), SPS from summary.json (all ranks'
   steps over rank 0's training time) and the wall time of the whole command.
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from statistics import median
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -147,6 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps-tmaze", type=int, default=80_000)
     parser.add_argument("--steps-ppo", type=int, default=32 * 102 * 8, help="8 updates by default")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="runs of each setting, in alternating order (medians reported)")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
 
@@ -159,25 +163,33 @@ def main(argv: list[str] | None = None) -> dict:
         result["impala"] = {}
         for task, spec in TASKS.items():
             steps = args.steps_minigrid if task == "minigrid" else args.steps_tmaze
-            runs = {}
-            for actors in ("local", "ray"):
-                cfg = TrainConfig(algo="impala", actors=actors, env=spec["env"],
-                                  env_kwargs=spec["env_kwargs"], core=args.core, num_envs=8,
-                                  num_actors=2, unroll_length=spec["unroll_length"],
-                                  learner_batch=1, total_steps=steps, eval_episodes=0,
-                                  progress=False, save_every=10**9, device="cpu",
-                                  anneal_lr=False, seed=args.seed)
-                runs[actors] = impala_run(cfg)
-                print(json.dumps({task: {actors: runs[actors]}}), file=sys.stderr, flush=True)
-            loc, ray_ = runs["local"]["sps_steady"], runs["ray"]["sps_steady"]
-            runs["ray_over_local_steady"] = round(ray_ / loc, 2) if loc and ray_ else None
-            result["impala"][task] = {"env": spec["env"], "env_kwargs": spec["env_kwargs"],
-                                      "num_actors": 2, "envs_per_actor": 4, **runs}
+            runs: dict[str, list] = {"local": [], "ray": []}
+            for r in range(args.repeats):  # alternating order: the load drifts during a run
+                for actors in ("local", "ray") if r % 2 == 0 else ("ray", "local"):
+                    cfg = TrainConfig(algo="impala", actors=actors, env=spec["env"],
+                                      env_kwargs=spec["env_kwargs"], core=args.core, num_envs=8,
+                                      num_actors=2, unroll_length=spec["unroll_length"],
+                                      learner_batch=1, total_steps=steps, eval_episodes=0,
+                                      progress=False, save_every=10**9, device="cpu",
+                                      anneal_lr=False, seed=args.seed)
+                    runs[actors].append(impala_run(cfg))
+                    print(json.dumps({task: {actors: runs[actors][-1]}}), file=sys.stderr,
+                          flush=True)
+            med = {a: median([x["sps_steady"] for x in runs[a]]) for a in runs}
+            result["impala"][task] = {
+                "env": spec["env"], "env_kwargs": spec["env_kwargs"], "num_actors": 2,
+                "envs_per_actor": 4, "runs": runs, "median_sps_steady": med,
+                "ray_over_local_steady": round(med["ray"] / med["local"], 2)}
     if "ppo" in args.only:
-        runs = {f"ranks_{n}": ppo_run(n, args.steps_ppo) for n in (1, 2)}
-        one, two = runs["ranks_1"]["sps"], runs["ranks_2"]["sps"]
+        runs = {"1": [], "2": []}
+        for r in range(args.repeats):
+            for n in (1, 2) if r % 2 == 0 else (2, 1):
+                runs[str(n)].append(ppo_run(n, args.steps_ppo))
+                print(json.dumps({"ppo": runs[str(n)][-1]}), file=sys.stderr, flush=True)
+        med = {n: median([x["sps"] for x in runs[n]]) for n in runs}
         result["ppo"] = {"env": TrainConfig.env, "env_kwargs": TrainConfig().env_kwargs,
-                         "num_envs": 32, **runs, "two_over_one": round(two / one, 2)}
+                         "num_envs": 32, "runs_by_ranks": runs, "median_sps_by_ranks": med,
+                         "two_over_one": round(med["2"] / med["1"], 2)}
     result["loadavg_end"] = load()
     print(json.dumps(result, indent=2))
     if args.out:
