@@ -301,10 +301,7 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
                 pe.new_returns, pe.new_lengths, pe.new_successes, pe.episodes = [], [], [], 0
                 episodes = stats.flush()
                 recent_return, recent_success = stats.recent()
-                enough = len(stats.successes) >= min(20, stats.successes.maxlen)
-                if recent_success is not None and enough:
-                    best_success = (recent_success if best_success is None
-                                    else max(best_success, recent_success))
+                best_success = stats.best_success(best_success)
                 sps = (global_step - start_step) / max(time.perf_counter() - start, 1e-9)
                 if update_idx % cfg.log_every == 0 or update_idx == cfg.num_updates:
                     for k in ("env", "inference", "learn"):

@@ -315,8 +315,7 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
 
             episodes = stats.flush()
             recent_return, recent_success = stats.recent()
-            if recent_success is not None and len(stats.successes) >= min(20, stats.successes.maxlen):
-                best_success = recent_success if best_success is None else max(best_success, recent_success)
+            best_success = stats.best_success(best_success)
             elapsed = time.perf_counter() - start
             sps = (global_step - start_step) / max(elapsed, 1e-9)
             for k in totals:

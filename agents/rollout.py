@@ -105,6 +105,14 @@ class EpisodeStats:
         succ = float(np.mean(self.successes)) if self.successes else None
         return ret, succ
 
+    def best_success(self, best: float | None, min_episodes: int = 20) -> float | None:
+        """``best`` raised to the recent success rate, once that counts ``min_episodes`` episodes
+        (or the whole window, if smaller)."""
+        recent = self.recent()[1]
+        if recent is None or len(self.successes) < min(min_episodes, self.successes.maxlen):
+            return best
+        return recent if best is None else max(best, recent)
+
     def state_dict(self) -> dict:
         return {"returns": list(self.returns), "lengths": list(self.lengths),
                 "successes": list(self.successes), "episodes": self.episodes}
