@@ -31,12 +31,12 @@ class EvaluationError(RuntimeError):
 # how many envs at once
 # ---------------------------------------------------------------------------------------------
 
-def _space_elements(space: spaces.Space) -> tuple[int, int]:
+def space_elements(space: spaces.Space) -> tuple[int, int]:
     """(elements, bytes) of one observation."""
     if isinstance(space, spaces.Dict):
-        parts = [_space_elements(s) for s in space.spaces.values()]
+        parts = [space_elements(s) for s in space.spaces.values()]
     elif isinstance(space, spaces.Tuple):
-        parts = [_space_elements(s) for s in space.spaces]
+        parts = [space_elements(s) for s in space.spaces]
     else:
         n = int(np.prod(space.shape)) if space.shape else 1
         return n, n * np.dtype(space.dtype or np.float32).itemsize
@@ -46,7 +46,7 @@ def _space_elements(space: spaces.Space) -> tuple[int, int]:
 def bytes_per_env(policy: ActorCritic) -> int:
     """Estimated memory one more env of an evaluation takes: the env, its observation, its core
     state and the policy's activations for it (float32)."""
-    elements, obs_bytes = _space_elements(policy.observation_space)
+    elements, obs_bytes = space_elements(policy.observation_space)
     state = sum(s.numel() * s.element_size() for s in policy.initial_state(1, "cpu"))
     return ENV_BYTES + 4 * obs_bytes + 4 * ACTIVATION_FLOATS * elements + 4 * state
 
@@ -80,7 +80,7 @@ def free_memory(device: torch.device) -> int | None:
     return free
 
 
-def _gib(b: float) -> str:
+def gib(b: float) -> str:
     return f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / 2**20:.1f} MiB"
 
 
@@ -105,11 +105,11 @@ def eval_envs(policy: ActorCritic, device: torch.device, episodes: int, num_envs
         return want, None
     if num_envs is not None or fits < 1:
         raise EvaluationError(
-            f"the evaluation's {want} envs need about {_gib(want * per_env)} "
-            f"({_gib(per_env)} each) and {_gib(free)} is free; "
+            f"the evaluation's {want} envs need about {gib(want * per_env)} "
+            f"({gib(per_env)} each) and {gib(free)} is free; "
             + ("lower --num-envs" if num_envs is not None else "free some memory"))
     return int(fits), (f"evaluating {fits} envs at once, not {want}: {want} would need about "
-                       f"{_gib(want * per_env)} and {_gib(free)} is free")
+                       f"{gib(want * per_env)} and {gib(free)} is free")
 
 
 def episode_limit(venv) -> int | None:
