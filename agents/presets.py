@@ -194,8 +194,9 @@ def _cast(value: Any, kind: Any) -> Any:
     return value
 
 
-def as_flags(settings: dict[str, Any]) -> str:
-    """{field: value} -> the command-line flags that would give them, e.g. "--num-envs 16 --no-anneal-lr"."""
+def flag_list(settings: dict[str, Any]) -> list[str]:
+    """{field: value} -> the flags that would give them, e.g. ["--num-envs 16", "--no-anneal-lr"]
+    (an unevaluated expression is quoted for the shell)."""
     parts = []
     for key, value in settings.items():
         flag = "--" + key.replace("_", "-")
@@ -204,28 +205,34 @@ def as_flags(settings: dict[str, Any]) -> str:
         elif isinstance(value, dict):
             parts.append(" ".join([flag, *(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
                                            for k, v in value.items())]))
+        elif isinstance(value, str) and value.startswith("{"):
+            parts.append(f"{flag} '{value}'")
         else:
             parts.append(f"{flag} {value}")
-    return " ".join(parts)
+    return parts
 
 
-def describe(presets: list[Preset] | None = None) -> str:
+def as_flags(settings: dict[str, Any]) -> str:
+    """{field: value} -> one line of flags, e.g. "--num-envs 16 --no-anneal-lr"."""
+    return " ".join(flag_list(settings))
+
+
+def describe(presets: list[Preset] | None = None, width: int = 100) -> str:
     """The text of ``python train.py presets``: every preset, its match, settings and evidence."""
     presets = load() if presets is None else presets
-    lines = [f"Presets ({FILE}); the most specific match for --env and --algo is applied, flags on "
-             "the command line win;", "--preset NAME picks another, --preset none uses none. "
-             "{expressions} use the env's keyword arguments.", ""]
+    lines = ["Presets of agents/presets.toml: a run applies the most specific match for its --env and --algo",
+             "(exact id > pattern > fallback) under the flags given; --preset NAME picks another, --preset",
+             "none uses none. {expressions} are evaluated with the env's keyword arguments;",
+             "'train.py presets --env ID [--env-kwargs K=V ...]' shows their values for one id.", ""]
     for p in presets:
-        kind = "ids" if p.ids else "pattern"
-        lines.append(f"{p.name}  [{p.algo}]  {kind}: {p.matches}")
-        lines.append(textwrap_flags(as_flags(p.settings)))
+        lines.append(f"{p.name}  [{p.algo}]  {'ids' if p.ids else 'pattern'}: {p.matches}")
+        row = "   "
+        for part in flag_list(p.settings):  # wrapped between flags, never inside one
+            if len(row) + 1 + len(part) > width and row.strip():
+                lines.append(row)
+                row = "   "
+            row += " " + part
+        lines.append(row)
         lines.append(f"    evidence: {p.evidence}")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
-
-
-def textwrap_flags(text: str, width: int = 100) -> str:
-    import textwrap
-
-    return textwrap.fill(text, width=width, initial_indent="    ", subsequent_indent="      ",
-                         break_on_hyphens=False, break_long_words=False)

@@ -104,7 +104,10 @@ def run(jobs: list[tuple[str, str, int]], parallel: int, until: float, others: l
 
 def _side(job: tuple, data: dict) -> None:
     path = log_name(*job)[:-4] + ".json"
-    old = json.load(open(path)) if os.path.exists(path) else {}
+    old = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
     with open(path, "w") as f:
         json.dump({**old, **data}, f)
 
@@ -124,7 +127,8 @@ def collect() -> list[dict]:
         m = re.fullmatch(r"(.+)__(.+)__s(\d+)\.log", name)
         if not m:
             continue
-        text = open(os.path.join(OUT, name), errors="replace").read()
+        with open(os.path.join(OUT, name), errors="replace") as f:
+            text = f.read()
         first = text.splitlines()[0] if text else ""
         folder = re.search(r"run folder (\S+)", text)
         summary = read_json(os.path.join(ROOT, folder.group(1), "summary.json")) if folder else None
@@ -150,8 +154,8 @@ def verdict(row: dict) -> tuple[str, bool | None]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| task | core | seed | budget (steps) | final greedy (100 episodes) | >= threshold | wall time "
-             "(SPS) | load (1-min, start/end) |", "|---|---|---|---:|---|---|---|---|"]
+    lines = [("| task | core | seed | budget (steps) | final greedy (100 episodes) | >= threshold | wall time "
+              "(SPS) | load (1-min, start/end) |"), "|---|---|---|---:|---|---|---|---|"]
     groups: dict[tuple[str, str], list] = {}
     for r in sorted(rows, key=lambda r: (r["env"], r["core"], r["seed"])):
         figure, ok = verdict(r)
@@ -199,7 +203,8 @@ def main() -> None:
     rows = collect()
     print(json.dumps({"cpu": cpu_info(), "runs": rows}, default=str))
     if args.md:
-        md = open(args.md).read()
+        with open(args.md) as f:
+            md = f.read()
         start, end = "<!-- evidence table: benchmarks/presets_evidence.py table -->", "<!-- end of evidence table -->"
         head, _, rest = md.partition(start)
         _, _, tail = rest.partition(end)
