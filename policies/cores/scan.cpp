@@ -84,6 +84,9 @@ template <typename T> void cumax_row_backward(const T* p, T* dp, int64_t H) {
   for (int64_t j = 0; j < H; ++j) dp[j] = (p[j] - (j ? p[j - 1] : T(0))) * (dp[j] - dot);
 }
 
+// Step t of a contiguous [T, ...] tensor, as a pointer: no per-step tensor op in the loops.
+template <typename T> inline T* step(const Tensor& X, int64_t t) { return X.data_ptr<T>() + t * X.stride(0); }
+
 int64_t grain(int64_t H) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(H, 1)); }
 
 // h <- h * keep (row-wise), written to out.
@@ -116,15 +119,14 @@ std::vector<Tensor> lstm_fwd_impl(const Tensor& xz, const Tensor& h0, const Tens
   const T *hlast = h0.data_ptr<T>(), *clast = c0.data_ptr<T>(), *bf = b_f.data_ptr<T>();
   for (int64_t t = 0; t < Tn; ++t) {
     const int64_t ts = save ? t : 0;
-    T* hp = Hp[ts].data_ptr<T>();
-    T* cp = Cp[ts].data_ptr<T>();
+    T *hp = step<T>(Hp, ts), *cp = step<T>(Cp, ts), *s = step<T>(S, ts);
     const T* kt = keep ? keep + t * B : nullptr;
     masked_copy(hlast, kt, hp, B, H);
     masked_copy(clast, kt, cp, B, H);
-    Tensor st = S[ts];
-    st.copy_(xz[t]);
-    gemm(st, Hp[ts], w_t, 1.0f);  // pre-activations, activated in place below
-    T *s = st.data_ptr<T>(), *g = G[t].data_ptr<T>(), *c = C[ts].data_ptr<T>(), *y = ys[t].data_ptr<T>();
+    std::memcpy(s, step<T>(xz, t), sizeof(T) * B * NH);
+    Tensor st = S.select(0, ts);
+    gemm(st, Hp.select(0, ts), w_t, 1.0f);  // pre-activations, activated in place below
+    T *g = step<T>(G, t), *c = step<T>(C, ts), *y = step<T>(ys, t);
     at::parallel_for(0, B, grain(NH), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         T *sr = s + b * NH, *gr = g + b * H, *cr = c + b * H, *yr = y + b * H;
@@ -169,9 +171,9 @@ std::vector<Tensor> lstm_bwd_impl(const Tensor& dy, const Tensor& dhT, const Ten
   Tensor dZ = at::empty_like(S), dh = dhT.clone(), dc = dcT.clone();
   T *dhp = dh.data_ptr<T>(), *dcp = dc.data_ptr<T>();
   for (int64_t t = Tn - 1; t >= 0; --t) {
-    const T *s = S[t].data_ptr<T>(), *g = G[t].data_ptr<T>(), *c = C[t].data_ptr<T>(), *cp = Cp[t].data_ptr<T>();
-    const T* dyt = dy[t].data_ptr<T>();
-    T* dz = dZ[t].data_ptr<T>();
+    const T *s = step<T>(S, t), *g = step<T>(G, t), *c = step<T>(C, t), *cp = step<T>(Cp, t);
+    const T* dyt = step<T>(dy, t);
+    T* dz = step<T>(dZ, t);
     at::parallel_for(0, B, grain(NH), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const T *sr = s + b * NH, *gr = g + b * H, *cr = c + b * H, *cpr = cp + b * H, *dyr = dyt + b * H;
@@ -194,7 +196,7 @@ std::vector<Tensor> lstm_bwd_impl(const Tensor& dy, const Tensor& dhT, const Ten
         if (CUMAX) cumax_row_backward(sr, dzr, H);
       }
     });
-    gemm(dh, dZ[t], w_hh, 0.0f);
+    gemm(dh, dZ.select(0, t), w_hh, 0.0f);
     const T* kt = keep ? keep + t * B : nullptr;
     scale_rows(dhp, kt, B, H);
     scale_rows(dcp, kt, B, H);
@@ -214,15 +216,16 @@ std::vector<Tensor> gru_fwd_impl(const Tensor& xz, const Tensor& h0, const Tenso
   Tensor ys = at::empty({Tn, B, H}, opt), S = at::empty({Ts, B, NH}, opt), G = at::empty({Tn, B, H}, opt);
   Tensor HN = at::empty({Ts, B, H}, opt), Hp = at::empty({Ts, B, H}, opt), hz = at::empty({B, NH}, opt);
   Tensor w_t = w_hh.t();  // [H, NH] view
-  const T *hlast = h0.data_ptr<T>(), *bf = b_f.data_ptr<T>();
+  const T *hlast = h0.data_ptr<T>(), *bf = b_f.data_ptr<T>(), *bh = b_hh.data_ptr<T>();
   for (int64_t t = 0; t < Tn; ++t) {
     const int64_t ts = save ? t : 0;
-    T* hp = Hp[ts].data_ptr<T>();
+    T* hp = step<T>(Hp, ts);
     masked_copy(hlast, keep ? keep + t * B : nullptr, hp, B, H);
-    hz.copy_(b_hh.expand({B, NH}));
-    gemm(hz, Hp[ts], w_t, 1.0f);
-    const T *x = xz[t].data_ptr<T>(), *hzp = hz.data_ptr<T>();
-    T *s = S[ts].data_ptr<T>(), *g = G[t].data_ptr<T>(), *hn = HN[ts].data_ptr<T>(), *y = ys[t].data_ptr<T>();
+    T* hzp = hz.data_ptr<T>();
+    for (int64_t b = 0; b < B; ++b) std::memcpy(hzp + b * NH, bh, sizeof(T) * NH);
+    gemm(hz, Hp.select(0, ts), w_t, 1.0f);
+    const T* x = step<T>(xz, t);
+    T *s = step<T>(S, ts), *g = step<T>(G, t), *hn = step<T>(HN, ts), *y = step<T>(ys, t);
     at::parallel_for(0, B, grain(NH), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const T *xr = x + b * NH, *hr = hzp + b * NH, *hpr = hp + b * H;
@@ -261,9 +264,9 @@ std::vector<Tensor> gru_bwd_impl(const Tensor& dy, const Tensor& dhT, const Tens
   Tensor dX = at::empty_like(S), dHZ = at::empty_like(S), dh = dhT.clone(), dnext = at::empty_like(dhT);
   T *dhp = dh.data_ptr<T>(), *dnp = dnext.data_ptr<T>();
   for (int64_t t = Tn - 1; t >= 0; --t) {
-    const T *s = S[t].data_ptr<T>(), *g = G[t].data_ptr<T>(), *hn = HN[t].data_ptr<T>(), *hp = Hp[t].data_ptr<T>();
-    const T* dyt = dy[t].data_ptr<T>();
-    T *dx = dX[t].data_ptr<T>(), *dhz = dHZ[t].data_ptr<T>();
+    const T *s = step<T>(S, t), *g = step<T>(G, t), *hn = step<T>(HN, t), *hp = step<T>(Hp, t);
+    const T* dyt = step<T>(dy, t);
+    T *dx = step<T>(dX, t), *dhz = step<T>(dHZ, t);
     at::parallel_for(0, B, grain(NH), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const T *sr = s + b * NH, *gr = g + b * H, *hnr = hn + b * H, *hpr = hp + b * H, *dyr = dyt + b * H;
@@ -287,8 +290,8 @@ std::vector<Tensor> gru_bwd_impl(const Tensor& dy, const Tensor& dhT, const Tens
         for (int64_t j = 0; j < H; ++j) dhzr[2 * H + j] = dxr[2 * H + j] * sr[j];
       }
     });
-    dh.copy_(dnext);
-    gemm(dh, dHZ[t], w_hh, 1.0f);
+    std::memcpy(dhp, dnp, sizeof(T) * B * H);
+    gemm(dh, dHZ.select(0, t), w_hh, 1.0f);
     scale_rows(dhp, keep ? keep + t * B : nullptr, B, H);
   }
   Tensor dW = at::empty({NH, H}, S.options());
