@@ -11,12 +11,11 @@ from __future__ import annotations
 import os
 import tempfile
 
-import numpy as np
 import torch
-from gymnasium import spaces
 
 from agents.config import TrainConfig
-from agents.evaluate import ACTIVATION_FLOATS, free_memory
+from agents.evaluate import ACTIVATION_FLOATS, free_memory, gib
+from agents.evaluate import space_elements as _elements
 from policies.actor_critic import ActorCritic
 
 ENV_BYTES = 64 << 10  # one env's host memory, generous: a MiniGrid env measured 22 KiB, a native task's row far less
@@ -25,22 +24,6 @@ PROCESS_BYTES = 400 << 20  # one more Python process with torch imported (an IMP
 
 class ResourceError(RuntimeError):
     """The run cannot fit or cannot write where it was told to; the message is one line."""
-
-
-def gib(b: float) -> str:
-    return f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / 2**20:.1f} MiB"
-
-
-def _elements(space: spaces.Space) -> tuple[int, int]:
-    """(elements, bytes) of one sample of ``space``."""
-    if isinstance(space, spaces.Dict):
-        parts = [_elements(s) for s in space.spaces.values()]
-    elif isinstance(space, spaces.Tuple):
-        parts = [_elements(s) for s in space.spaces]
-    else:
-        n = int(np.prod(space.shape)) if space.shape else 1
-        return n, n * np.dtype(space.dtype or np.float32).itemsize
-    return sum(p[0] for p in parts), sum(p[1] for p in parts)
 
 
 def training_bytes(cfg: TrainConfig, policy: ActorCritic) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""Run folders shared with train.py's conventions (one implementation, in ``runfolder``):
+"""Run folders shared with train.py's conventions (one implementation, in ``agents.runfolder``):
 TensorBoard scalars under fixed prefixes (``losses/``, ``charts/``, ``memory/``, ``perf/``),
 ``config.json`` (with the git commit), ``summary.json``, plus ``curve.csv`` (the logged learning
 curve, for tables and plots)."""
@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import os
 
-from runfolder import PREFIXES, Writer, git_commit, make_run_dir, write_json
+from agents.runfolder import PREFIXES, Writer, git_commit, make_run_dir, write_json
 
 __all__ = ["CURVE_FIELDS", "PREFIXES", "RunLog", "git_commit", "make_run_dir", "read_curve", "write_json"]
 

@@ -105,12 +105,12 @@ def test_the_project_has_no_import_circle():
 
 def test_policies_cores_and_supervised_import_only_what_the_design_allows():
     graph = import_graph()
-    assert not graph["runfolder"]  # the run folder is a leaf both sides share
+    assert not graph["agents.runfolder"]  # the run folder is a leaf both sides share
     for name, deps in graph.items():
         if name.startswith("policies.cores"):
             assert all(d.startswith("policies.cores") for d in deps), (name, deps)
         if name.startswith("supervised"):
-            assert all(d.startswith(("supervised", "policies.cores")) or d == "runfolder"
+            assert all(d.startswith(("supervised", "policies.cores")) or d == "agents.runfolder"
                        for d in deps), (name, deps)
 
 

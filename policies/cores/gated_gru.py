@@ -112,7 +112,7 @@ def gru_fast_scan(x, w_ih, b_ih, h0, w_hh, b_hh, b_f, keep, primary: str, aux: s
     imports, else GRUScan. Same signature as the reference."""
     from . import triton_scan
 
-    if x.device.type == "cpu" and kernels.extension():
+    if kernels.runs(x):
         return kernels.gru_scan(x, w_ih, b_ih, h0, w_hh, b_hh, b_f, keep, primary, aux)
     if triton_scan.usable(x, h0.shape[-1]):
         out = triton_scan.gru_scan(x, w_ih, b_ih, h0, w_hh, b_hh, b_f, keep, primary, aux)

@@ -42,6 +42,11 @@ def extension() -> bool:
     return _STATE["ok"]
 
 
+def runs(x: torch.Tensor) -> bool:
+    """The compiled loop takes ``x``: a CPU tensor of float32 or float64, and the library built here."""
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and extension()
+
+
 def _flags() -> list[str]:
     # -fno-trapping-math / -fno-math-errno (as torch itself is built): without them GCC leaves the
     # gate loops scalar (the clamp in exp_approx is a compare that may trap).

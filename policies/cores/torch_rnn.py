@@ -97,7 +97,7 @@ class LSTM(_TorchRNN, nn.LSTM):
         # wins for short sequences (acting: T = 1) and where resets cut a sequence into more than
         # T / 12 segments (one oneDNN call each). The grid's LSTM loop with an untied input gate
         # ("I") is torch.nn.LSTM's cell, on torch's weights as they are (blocks i, f, g, o).
-        if self.impl == "reference" or x.device.type != "cpu" or not kernels.extension():
+        if self.impl == "reference" or not kernels.runs(x):
             return super()._scan(x, state, keep)
         starts = segment_starts(keep, x.shape[0])
         if len(starts) * 12 <= x.shape[0]:
