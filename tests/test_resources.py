@@ -15,7 +15,7 @@ from agents import resources
 
 TINY = ["--env-kwargs", "length=3", "--num-envs", "4", "--num-steps", "8", "--seq-len", "8",
         "--num-minibatches", "2", "--update-epochs", "1", "--hidden-size", "16", "--embed-size", "16",
-        "--no-progress", "--device", "cpu", "--eval-episodes", "0"]
+        "--no-progress", "--device", "cpu", "--eval-episodes", "0", "--preset", "none"]
 
 
 def one_error_line(capsys) -> str:
@@ -91,7 +91,9 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path,
     monkeypatch.setattr(ckpt.torch, "save", save)
     argv = [*TINY, "--total-steps", "96", "--save-every", "1", "--logdir", str(tmp_path), "--run-name", "r"]
     assert train.main(argv) == 2
-    line = one_error_line(capsys)
+    err = capsys.readouterr().err.strip().splitlines()  # the run's first line (its preset), then the error
+    assert [e for e in err if e.startswith("error: ")] == err[-1:] and "Traceback" not in "".join(err), err
+    line = err[-1]
     assert "could not write the checkpoint" in line and "No space left on device" in line
     assert "previous checkpoint" in line and "is intact" in line
     run = tmp_path / "r"
