@@ -18,28 +18,16 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import sys
 import time
 
 import torch
+from policies.cores.kernels import cpu_info  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train  # noqa: E402
 from agents.config import TrainConfig  # noqa: E402
 from agents.evaluate import evaluate  # noqa: E402
-
-
-def cpu() -> dict:
-    info = {"model": platform.processor() or platform.machine(), "cores": os.cpu_count()}
-    try:
-        text = open("/proc/cpuinfo").read().splitlines()
-        info["model"] = next(ln.split(":", 1)[1].strip() for ln in text if ln.startswith("model name"))
-        flags = set(next(ln.split(":", 1)[1].split() for ln in text if ln.startswith("flags")))
-        info["isa"] = sorted(flags & {"avx2", "avx512f", "fma", "sse4_2"})
-    except (OSError, StopIteration):
-        pass
-    return info
 
 
 def main() -> None:
@@ -66,7 +54,7 @@ def main() -> None:
         out[name] = {"wall_s": round(time.perf_counter() - w, 2), "cpu_s": round(time.process_time() - p, 2),
                      "num_envs": r["num_envs"], "episodes": r["episodes"], "length_mean": r["length_mean"]}
     print(json.dumps({"env": args.env, "episodes": args.episodes, "results": out,
-                      "machine": {"cpu": cpu(), "torch_threads": torch.get_num_threads(),
+                      "machine": {"cpu": cpu_info(), "torch_threads": torch.get_num_threads(),
                                   "loadavg_before": [round(x, 2) for x in load_before],
                                   "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
                       "torch": torch.__version__}, indent=2))

@@ -36,6 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
+from policies.cores.kernels import cpu_info  # noqa: E402
 
 import train  # noqa: E402
 from agents import impala  # noqa: E402
@@ -46,21 +47,6 @@ TASKS = {
     "minigrid": dict(env="MiniGrid-MemoryS7-v0", env_kwargs={}, unroll_length=128),
     "tmaze": dict(env="urlstm/TMazePassive-v0", env_kwargs={"length": 100}, unroll_length=101),
 }
-
-
-def cpu() -> dict:
-    """The CPU's model, core count and the SIMD flags that matter here."""
-    info = {"model": platform.processor() or platform.machine(), "cores": os.cpu_count()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            lines = f.read().splitlines()
-        info["model"] = next(ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name"))
-        flags = set(next(ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")))
-        info["isa"] = sorted(flags & {"sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16",
-                                      "amx_tile"})
-    except (OSError, StopIteration):
-        pass
-    return info
 
 
 def load() -> list[float]:
@@ -154,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
 
-    result = {"cpu": cpu(), "torch": torch.__version__, "python": platform.python_version(),
+    result = {"cpu": cpu_info(), "torch": torch.__version__, "python": platform.python_version(),
               "cuda": torch.cuda.is_available(), "nice": os.nice(0), "loadavg_start": load()}
     if "ray_startup" in args.only:
         result["ray_startup"] = ray_startup()
