@@ -20,6 +20,7 @@ from policies.actor_critic import ActorCritic, obs_to_tensor
 
 MAX_EPISODE_STEPS = 100_000  # the step guard: an episode still running after this many steps is an error
 ENV_BYTES = 1 << 20  # host memory of one env object, generous (a MiniGrid env measured 22 KiB)
+ENVS_PER_WORKER = 8  # an evaluation steps its envs in worker processes of at least this many envs each
 ACTIVATION_FLOATS = 64  # floats of encoder activations per observation element, generous
 
 
@@ -146,12 +147,18 @@ def check_episode_limit(venv, env_id: str, guard: int | None = None,
 # ---------------------------------------------------------------------------------------------
 
 def make_eval_envs(cfg, n: int, seed: int):
-    """``n`` envs of the run's task in this process (a native task is one batched env already)."""
+    """``n`` envs of the run's task: a native task is one batched env already; other ids step in
+    slices over this process and ``envs.sharded``'s workers (one slice per usable core, at least
+    ``ENVS_PER_WORKER`` envs each; the same observations as in one process) unless the run asked
+    for ``async`` (a process per env)."""
     import envs
+    from envs.sharded import usable_cores
 
     kwargs = dict(cfg.env_kwargs)
-    if envs.ALIASES.get(cfg.env, cfg.env) not in envs.NATIVE_IDS:
-        kwargs.setdefault("vectorization", "sync")  # many light envs: no process per env
+    if envs.ALIASES.get(cfg.env, cfg.env) not in envs.NATIVE_IDS and kwargs.get("vectorization") != "async":
+        workers = min(usable_cores(), n // ENVS_PER_WORKER) - 1
+        kwargs.pop("workers", None)
+        kwargs.update({"vectorization": "shards", "workers": workers} if workers >= 1 else {"vectorization": "sync"})
     return envs.make(cfg.env, n, seed, **kwargs)
 
 

@@ -3,7 +3,8 @@
 Native ids (``urlstm/...`` or their short aliases) give the batched numpy implementation; any other
 Gymnasium id (MiniGrid, POPGym, classic control, ...) is built with ``gymnasium.vector``'s
 ``AsyncVectorEnv``, one worker process per env (``SyncVectorEnv`` when ``vectorization="sync"``, or
-when ``num_envs == 1`` unless ``vectorization="async"``) and wrapped
+when ``num_envs == 1`` unless ``vectorization="async"``; a few processes each stepping a slice of the
+envs when ``vectorization="shards"``: ``envs/sharded.py``) and wrapped
 so that it gives the same ``info`` keys as the native envs. MiniGrid envs compute their view with
 numpy (``envs/minigrid_view.py``: the same observations, about 3x faster steps).
 """
@@ -23,6 +24,7 @@ from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, Vecto
 from envs._base import BatchedEnv
 from envs.memory_chain import MemoryChainVector
 from envs.minigrid_view import FastView
+from envs.sharded import ShardedVectorEnv, usable_cores
 from envs.tmaze import TMazeActiveVector, TMazePassiveVector
 from envs.visual_match import VisualMatchActiveVector, VisualMatchPassiveVector
 
@@ -61,8 +63,10 @@ def make(env_id: str, num_envs: int, seed: int | None = None, **kwargs: Any) -> 
         seed: env i uses seed + i at the first ``reset()`` (which then needs no seed); the action
             space is seeded with it too. None: random.
         **kwargs: task parameters (``length=``, ``num_bits=``, ``distractor_steps=``, or the kwargs
-            of ``gym.make`` for other ids), plus ``vectorization="sync"`` / ``"async"`` to build
-            any id (native ones included) from single envs in gymnasium's vector envs, and for
+            of ``gym.make`` for other ids), plus ``vectorization="sync"`` / ``"async"`` /
+            ``"shards"`` to build any id (native ones included) from single envs in gymnasium's
+            vector envs or in this process and ``workers=K`` others (default: one fewer than the
+            usable cores, or than the envs), and for
             MiniGrid ``fast_view=False`` to keep MiniGrid's own (slower, identical) view code.
 
     Returns:
@@ -78,8 +82,11 @@ def make(env_id: str, num_envs: int, seed: int | None = None, **kwargs: Any) -> 
         raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
     vectorization = kwargs.pop("vectorization", None)
     fast_view = kwargs.pop("fast_view", True)
-    if vectorization not in (None, "sync", "async"):
-        raise ValueError(f'vectorization must be "sync" or "async", got {vectorization!r}')
+    workers = kwargs.pop("workers", None)
+    if vectorization not in (None, "sync", "async", "shards"):
+        raise ValueError(f'vectorization must be "sync", "async" or "shards", got {vectorization!r}')
+    if workers is not None and vectorization != "shards":
+        raise ValueError(f'workers={workers!r} needs vectorization="shards"')
     env_id = ALIASES.get(env_id, env_id)
     if env_id in NATIVE and vectorization is None:
         return _make_native(env_id, int(num_envs), seed, kwargs)
@@ -90,7 +97,9 @@ def make(env_id: str, num_envs: int, seed: int | None = None, **kwargs: Any) -> 
     finally:
         probe.close()
     fns = [partial(_make_single, env_id, kwargs, fast_view) for _ in range(num_envs)]
-    if vectorization == "sync" or (num_envs == 1 and vectorization is None):
+    if vectorization == "shards":
+        venv = ShardedVectorEnv(fns, min(num_envs, usable_cores()) - 1 if workers is None else workers)
+    elif vectorization == "sync" or (num_envs == 1 and vectorization is None):
         venv = SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
     else:
         venv = AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
