@@ -1,9 +1,10 @@
-"""Evidence for the presets: the plain command ``python train.py --env ID --seed S [--core C]`` for a
-list of runs, at most --jobs at a time, each logged to OUT/<env>__<core>__s<seed>.log; then a
-markdown table of every run logged in OUT (final greedy success or return against the task's
-threshold, k of N seeds per task and core).
+"""Evidence for the presets: the plain command ``python train.py [--algo impala] --env ID --seed S
+[--core C]`` for a list of runs, at most --jobs at a time, each logged to
+OUT/<env>__<core>[__impala]__s<seed>.log; then a markdown table of every run logged in OUT (final
+greedy success or return against the task's threshold, k of N seeds per task, learner and core).
 
     python benchmarks/presets_evidence.py run MiniGrid-MemoryS7-v0:urlstm:1-10 --jobs 2 --until 10:50
+    python benchmarks/presets_evidence.py run urlstm/TMazePassive-v0:urlstm:1-3:impala
     python benchmarks/presets_evidence.py table --md docs/results/presets.md
 
 ``run`` starts each command under ``nice -n 19`` (the machine may be shared) and stops the runs still
@@ -39,24 +40,30 @@ THRESHOLDS = {
 }
 
 
-def parse_job(text: str) -> list[tuple[str, str, int]]:
-    """"ENV:CORE:SEEDS" (seeds "1-10" or "1,2,5") -> [(env, core, seed), ...]."""
+def parse_job(text: str) -> list[tuple[str, str, int, str]]:
+    """"ENV:CORE:SEEDS[:ALGO]" (seeds "1-10" or "1,2,5"; algo ppo or impala, default ppo)
+    -> [(env, core, seed, algo), ...]."""
+    algo = "ppo"
+    if text.endswith((":ppo", ":impala")):
+        text, algo = text.rsplit(":", 1)
     env, core, seeds = text.rsplit(":", 2)
     if "-" in seeds:
         lo, hi = seeds.split("-")
         numbers = list(range(int(lo), int(hi) + 1))
     else:
         numbers = [int(s) for s in seeds.split(",")]
-    return [(env, core, s) for s in numbers]
+    return [(env, core, s, algo) for s in numbers]
 
 
-def command(env: str, core: str, seed: int) -> list[str]:
-    """The plain command: the env and the seed, --core only for another core than the default."""
-    return ["python", "train.py", "--env", env, "--seed", str(seed)] + ([] if core == "urlstm" else ["--core", core])
+def command(env: str, core: str, seed: int, algo: str = "ppo") -> list[str]:
+    """The plain command: the env and the seed, --core only for another core than the default,
+    --algo only for another learner than the default."""
+    return (["python", "train.py"] + ([] if algo == "ppo" else ["--algo", algo]) + ["--env", env, "--seed", str(seed)]
+            + ([] if core == "urlstm" else ["--core", core]))
 
 
-def log_name(env: str, core: str, seed: int) -> str:
-    return os.path.join(OUT, f"{env.replace('/', '-')}__{core}__s{seed}.log")
+def log_name(env: str, core: str, seed: int, algo: str = "ppo") -> str:
+    return os.path.join(OUT, f"{env.replace('/', '-')}__{core}{'' if algo == 'ppo' else '__' + algo}__s{seed}.log")
 
 
 def _alive(pid: int) -> bool:
@@ -124,9 +131,11 @@ def collect() -> list[dict]:
 
     rows = []
     for name in sorted(os.listdir(OUT)) if os.path.isdir(OUT) else []:
-        m = re.fullmatch(r"(.+)__(.+)__s(\d+)\.log", name)
+        m = re.fullmatch(r"(.+?)__([^_]+)(?:__(impala))?__s(\d+)\.log", name)
         if not m:
             continue
+        algo = m.group(3) or "ppo"
+        seed = int(m.group(4))
         with open(os.path.join(OUT, name), errors="replace") as f:
             text = f.read()
         first = text.splitlines()[0] if text else ""
@@ -135,8 +144,8 @@ def collect() -> list[dict]:
         side = read_json(os.path.join(OUT, name[:-4] + ".json")) or {}
         env = summary["env"] if summary else next((e for e in THRESHOLDS if e.replace("/", "-") == m.group(1)),
                                                    m.group(1))
-        rows.append({"env": env, "core": m.group(2), "seed": int(m.group(3)), "preset_line": first,
-                     "command": " ".join(command(env, m.group(2), int(m.group(3)))),
+        rows.append({"env": env, "core": m.group(2), "seed": seed, "algo": algo, "preset_line": first,
+                     "command": " ".join(command(env, m.group(2), seed, algo)),
                      "run_dir": folder.group(1) if folder else None, "summary": summary, **side})
     return rows
 
@@ -154,10 +163,10 @@ def verdict(row: dict) -> tuple[str, bool | None]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = [("| task | core | seed | budget (steps) | final greedy (100 episodes) | >= threshold | wall time "
-              "(SPS) | load (1-min, start/end) |"), "|---|---|---|---:|---|---|---|---|"]
-    groups: dict[tuple[str, str], list] = {}
-    for r in sorted(rows, key=lambda r: (r["env"], r["core"], r["seed"])):
+    lines = [("| task | learner | core | seed | budget (steps) | final greedy (100 episodes) | >= threshold | "
+              "wall time (SPS) | load (1-min, start/end) |"), "|---|---|---|---|---:|---|---|---|---|"]
+    groups: dict[tuple[str, str, str], list] = {}
+    for r in sorted(rows, key=lambda r: (r["env"], r["algo"], r["core"], r["seed"])):
         figure, ok = verdict(r)
         s = r["summary"] or {}
         wall = s.get("wall_time_s")
@@ -165,14 +174,15 @@ def table(rows: list[dict]) -> str:
         load = (f"{r['load_start']:.1f} / {r['load_end']:.1f}" if "load_end" in r else "-")
         budget = f"{s['total_steps']:,}" if s.get("total_steps") else "-"
         mark = {True: "yes", False: "no", None: "-"}[ok]
-        lines.append(f"| `{r['env']}` | `{r['core']}` | {r['seed']} | {budget} | {figure} | {mark} | {time_text} | "
-                     f"{load} |")
-        groups.setdefault((r["env"], r["core"]), []).append(ok)
-    lines += ["", "| task | core | threshold | seeds reaching it (k of N finished) | not finished |", "|---|---|---|---|---|"]
-    for (env, core), oks in sorted(groups.items()):
+        lines.append(f"| `{r['env']}` | {r['algo']} | `{r['core']}` | {r['seed']} | {budget} | {figure} | {mark} | "
+                     f"{time_text} | {load} |")
+        groups.setdefault((r["env"], r["algo"], r["core"]), []).append(ok)
+    lines += ["", "| task | learner | core | threshold | seeds reaching it (k of N finished) | not finished |",
+              "|---|---|---|---|---|---|"]
+    for (env, algo, core), oks in sorted(groups.items()):
         metric, threshold = THRESHOLDS.get(env, ("success", 0.9))
         done = [o for o in oks if o is not None]
-        lines.append(f"| `{env}` | `{core}` | {metric} >= {threshold} | {sum(done)} of {len(done)} | "
+        lines.append(f"| `{env}` | {algo} | `{core}` | {metric} >= {threshold} | {sum(done)} of {len(done)} | "
                      f"{len(oks) - len(done)} |")
     return "\n".join(lines) + "\n"
 
