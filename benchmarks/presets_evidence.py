@@ -37,6 +37,7 @@ THRESHOLDS = {
     "popgym-RepeatFirstEasy-v0": ("return", 0.9),
     "popgym-CountRecallEasy-v0": ("return", 0.9),
     "popgym-PositionOnlyCartPoleEasy-v0": ("return", 0.9),
+    "CartPole-v1": ("return", 475.0),  # gymnasium's reward_threshold for the id
 }
 
 
