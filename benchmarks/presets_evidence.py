@@ -33,6 +33,7 @@ THRESHOLDS = {
     "MiniGrid-MemoryS7-v0": ("success", 0.9),
     "urlstm/TMazePassive-v0": ("success", 0.9),
     "urlstm/MemoryChain-v0": ("success", 0.9),
+    "urlstm/TMazeActive-v0": ("success", 0.9),
     "popgym-RepeatPreviousEasy-v0": ("return", 0.9),
     "popgym-RepeatFirstEasy-v0": ("return", 0.9),
     "popgym-CountRecallEasy-v0": ("return", 0.9),
