@@ -364,7 +364,9 @@ def report(s: dict) -> str:
     lines.append(f"logs:       tensorboard --logdir {s['run_dir']}")
     lines.append(f"summary:    {os.path.join(s['run_dir'], 'summary.json')}")
     if not s["status"].startswith("diverged"):
-        lines.append(f"checkpoint: {s['checkpoint']}   (continue: python train.py --resume {s['run_dir']} "
+        # under torchrun a resumed run is launched the same way (rank 0 reads the checkpoint)
+        launch = "torchrun <the same options> train.py" if os.environ.get("WORLD_SIZE", "1") != "1" else "python train.py"
+        lines.append(f"checkpoint: {s['checkpoint']}   (continue: {launch} --resume {s['run_dir']} "
                      "--total-steps N; evaluate: python train.py eval --checkpoint ...)")
     return "\n".join(lines)
 

@@ -142,3 +142,13 @@ def test_urlstm_learns_the_tmaze_and_mlp_does_not(tmp_path):
     _, mlp = train.run_train([*SLOW_TMAZE, "--core", "mlp", "--logdir", str(tmp_path), "--run-name", "mlp"])
     assert ur["final_success_rate"] >= 0.95, ur
     assert mlp["final_success_rate"] <= 0.65, mlp
+
+
+def test_end_of_run_hint_names_the_launcher(monkeypatch):
+    s = {"status": "finished", "wall_time_s": 61.0, "total_steps": 4096, "sps": 67.0, "train_return": 0.5,
+         "train_success_rate": None, "final_eval_episodes": 0, "best_success_rate": None,
+         "run_dir": "runs/x", "checkpoint": "runs/x/checkpoint.pt"}
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert "(continue: python train.py --resume runs/x --total-steps N;" in train.report(s)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert "(continue: torchrun <the same options> train.py --resume runs/x --total-steps N;" in train.report(s)
