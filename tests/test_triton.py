@@ -189,6 +189,29 @@ def test_gpu_benchmark_exits_2_without_cuda():
     assert len(out.stderr.strip().splitlines()) == 1 and "CUDA" in out.stderr
 
 
+def test_gpu_benchmark_items_run_where_cuda_is_replaced_by_the_cpu(monkeypatch):
+    """benchmarks/gpu.py's code runs on CUDA machines only: its kernel item, run here on CPU tensors
+    (the grid cores then take the Python scan, named so), with CUDA timing replaced by a call."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_bench", ROOT / "benchmarks" / "gpu.py")
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    monkeypatch.setattr(gpu, "DEVICE", "cpu")
+    monkeypatch.setattr(gpu, "timed", lambda fn, budget_s=1.5: (fn(), 2.0)[1])
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    for dtype in gpu.DTYPES:
+        out = gpu.bench_shape(5, 3, 4, 8, dtype, with_python=dtype == "float32")
+        assert (out["T"], out["B"], out["D"], out["H"], out["dtype"]) == (5, 3, 4, 8, dtype)
+        assert set(out) == {"T", "B", "D", "H", "dtype", "nn.LSTM (cuDNN)", "urlstm (python)", "urgru (python)",
+                            "lstm:-- (python)"}
+        for name in ("urlstm (python)", "urgru (python)", "lstm:-- (python)"):
+            assert out[name]["kernel"] == "python" and out[name]["fwd_bwd_ratio_to_cudnn"] == 1.0
+    from policies.cores import triton_scan
+
+    assert "ok" not in triton_scan._STATE or triton_scan._STATE["ok"] is not False  # routing restored
+
+
 # ---------------------------------------------------------------- compiled kernels (CUDA)
 
 @pytest.fixture
