@@ -31,6 +31,8 @@ sys.path.insert(0, ROOT)
 # episodes), or its mean return where the task has no success
 THRESHOLDS = {
     "MiniGrid-MemoryS7-v0": ("success", 0.9),
+    "MiniGrid-MemoryS9-v0": ("success", 0.9),
+    "urlstm/VisualMatchPassive-v0": ("success", 0.9),
     "urlstm/TMazePassive-v0": ("success", 0.9),
     "urlstm/MemoryChain-v0": ("success", 0.9),
     "urlstm/TMazeActive-v0": ("success", 0.9),
