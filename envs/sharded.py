@@ -57,6 +57,7 @@ class ShardedVectorEnv(VectorEnv):
         self.num_envs = n
         # slice k (0: this process, k >= 1: worker k - 1) holds envs bounds[k]:bounds[k + 1]
         self.bounds = [k * n // (workers + 1) for k in range(workers + 2)]
+        self.sizes = [b - a for a, b in zip(self.bounds, self.bounds[1:])]
         ctx = mp.get_context(context)
         self._conns, self._procs, self._local = [], [], None
         self.closed = False
@@ -70,7 +71,7 @@ class ShardedVectorEnv(VectorEnv):
                 self._conns.append(parent)
                 self._procs.append(proc)
             self._local = SyncVectorEnv(list(env_fns[:self.bounds[1]]), autoreset_mode=AutoresetMode.SAME_STEP)
-            self._gather()
+            self._gather()  # every worker has built its envs (or raises what it could not build)
         except BaseException:
             self.close()
             raise
@@ -139,13 +140,13 @@ class ShardedVectorEnv(VectorEnv):
         answers = self._run("reset", [{"seed": s, "options": o} for s, o in zip(self._slices(seeds), opts)],
                             lambda a: self._local.reset(**a))
         obs, infos = zip(*answers)
-        return _concat(list(obs)), _merge_infos(list(infos), self._sizes())
+        return _concat(list(obs)), _merge_infos(list(infos), self.sizes)
 
     def step(self, actions) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         answers = self._run("step", self._slices(np.asarray(actions)), self._local.step)
         obs, rewards, terminated, truncated, infos = zip(*answers)
         return (_concat(list(obs)), np.concatenate(rewards), np.concatenate(terminated),
-                np.concatenate(truncated), _merge_infos(list(infos), self._sizes()))
+                np.concatenate(truncated), _merge_infos(list(infos), self.sizes))
 
     def get_attr(self, name: str) -> tuple[Any, ...]:
         parts = self._run("get_attr", [name] * (len(self._conns) + 1), self._local.get_attr)
@@ -178,16 +179,13 @@ class ShardedVectorEnv(VectorEnv):
             self.close_extras(**kwargs)
             self.closed = True
 
-    def _sizes(self) -> list[int]:
-        return [b - a for a, b in zip(self.bounds, self.bounds[1:])]
-
 
 def _worker(conn, env_fns: list) -> None:
     """A worker: builds its SyncVectorEnv, then answers (ok, value) to each command until "close"."""
     venv = None
     try:
         venv = SyncVectorEnv(env_fns, autoreset_mode=AutoresetMode.SAME_STEP)
-        conn.send((True, (venv.single_observation_space, venv.single_action_space, dict(venv.metadata))))
+        conn.send((True, None))
         while True:
             command, args = conn.recv()
             if command == "close":
