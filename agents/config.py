@@ -1,23 +1,75 @@
-"""Training configuration: one frozen dataclass; `train.py` generates its flags from it.
+"""Training configuration: one frozen dataclass; ``train.py`` builds its flags with tyro.
 
-The string literal under each field is its help text (train.py reads it). Invalid values fail in
-``__post_init__`` with a ``ConfigError`` whose message says what to change.
+The string literal under each field is its help text. Defaults that depend on other settings
+(``None`` below: the number of envs and steps per learner, the minibatch counts) are resolved in
+``__post_init__``, so ``TrainConfig(algo="impala")`` in Python and ``--algo impala`` on the command
+line give the same run. Invalid values fail there with a ``ConfigError`` whose message says what to
+change; a default never makes a plain combination of other settings invalid.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib.util
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
+
+from tyro.conf import arg
+from tyro.constructors import PrimitiveConstructorSpec
 
 
-class ConfigError(ValueError):
+class ConfigError(Exception):
     """An invalid configuration; the message names the flag and what to change."""
 
 
-def _default_env_kwargs() -> dict[str, Any]:
-    return {"length": 50}
+def parse_kwargs(items: list[str]) -> dict[str, Any]:
+    """["length=100", "name=abc"] -> {"length": 100, "name": "abc"} (values as Python literals)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"--env-kwargs takes key=value pairs, got {item!r}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def kwargs_flags(kwargs: dict[str, Any]) -> list[str]:
+    """{"length": 100, "name": "abc"} -> ["length=100", "name='abc'"] (parse_kwargs's inverse)."""
+    return [f"{k}={v!r}" for k, v in kwargs.items()]
+
+
+# flag types: key=value pairs, and optional numbers that also accept none/null
+Kwargs = Annotated[dict[str, Any], PrimitiveConstructorSpec(
+    nargs="*", metavar="KEY=VALUE", instance_from_str=parse_kwargs,
+    is_instance=lambda x: isinstance(x, dict), str_from_instance=kwargs_flags)]
+
+
+def _optional(kind: type) -> Any:
+    def parse(args: list[str]) -> Any:
+        return None if args[0].lower() in ("none", "null", "") else kind(args[0])
+    return Annotated[kind | None, PrimitiveConstructorSpec(
+        nargs=1, metavar=f"{kind.__name__.upper()}|none", instance_from_str=parse,
+        is_instance=lambda x: x is None or isinstance(x, kind), str_from_instance=lambda x: [str(x)])]
+
+
+OptInt, OptFloat, OptStr = _optional(int), _optional(float), _optional(str)
+Derived = Annotated[OptInt, arg(help_behavior_hint="(default: derived, as above)")]  # None: resolved
+
+# fields that --resume lets a person change (the resume flag's help is written from this list)
+RESUMABLE_OVERRIDES = ("total_steps", "device", "torch_threads", "eval_episodes", "eval_every",
+                       "eval_greedy", "save_every", "log_every", "progress", "actors", "ray_address")
+RESUME_HELP = ("Continue a stopped run: a checkpoint file or a run folder. The run's saved "
+               "configuration is used; only " + ", ".join("--" + n.replace("_", "-") for n in
+                                                          RESUMABLE_OVERRIDES) + " may be changed.")
+PPO_MINIBATCHES = 4      # num_minibatches' default: at most this many, the largest that divides
+APPO_MINIBATCHES = 4     # learner_minibatches' default with --pg-loss clipped (1 with vtrace)
+IMPALA_ENVS_PER_ACTOR = 4
+PPO_DEFAULTS = {"num_envs": 32, "total_steps": 1_000_000}
+IMPALA_DEFAULTS = {"total_steps": 2_000_000}  # and IMPALA_ENVS_PER_ACTOR envs per actor
 
 
 @dataclass(frozen=True)
@@ -29,7 +81,7 @@ class TrainConfig:
     """Environment id: a native task (urlstm/TMazePassive-v0, urlstm/TMazeActive-v0,
     urlstm/MemoryChain-v0, urlstm/VisualMatchPassive-v0, ...), MiniGrid-MemoryS7-v0, a POPGym id, or
     any Gymnasium id."""
-    env_kwargs: dict[str, Any] = field(default_factory=_default_env_kwargs)
+    env_kwargs: Kwargs = field(default_factory=dict)
     """Keyword arguments of the environment as key=value pairs, e.g. --env-kwargs length=100
     (values are parsed as Python literals). They are merged key by key over the preset's; pass
     --env-kwargs with nothing after it for none at all."""
@@ -54,11 +106,11 @@ class TrainConfig:
     learns (the tiny head keeps the first updates from telling the cue images apart)."""
 
     # --- PPO (CleanRL's names) ------------------------------------------------------------------
-    total_steps: int = 1_000_000
-    """Environment steps to train for (all envs together; --algo impala on the command line: 2M)."""
-    num_envs: int = 32
-    """Environments stepped in parallel (with --algo impala on the command line the default is 4 per
-    actor: IMPALA takes one gradient step per batch and needs small batches)."""
+    total_steps: Derived = None
+    """Environment steps to train for, all envs together (default: 1M; with --algo impala 2M)."""
+    num_envs: Derived = None
+    """Environments stepped in parallel (default: 32; with --algo impala 4 per actor: IMPALA takes
+    one gradient step per batch and needs small batches)."""
     num_steps: int = 102
     """Rollout length per env per update. For memory length L use a multiple of the episode length
     (L+1 for the passive T-maze) so that episodes never straddle two rollouts."""
@@ -73,8 +125,9 @@ class TrainConfig:
     """Discount factor."""
     gae_lambda: float = 0.95
     """GAE lambda."""
-    num_minibatches: int = 4
-    """Minibatches per epoch; they split the num_envs * num_steps / seq_len sequences."""
+    num_minibatches: Derived = None
+    """Minibatches per epoch; they split the num_envs * num_steps / seq_len sequences (default:
+    the largest divisor of that number up to 4)."""
     update_epochs: int = 4
     """Passes over the rollout per update."""
     norm_adv: bool = True
@@ -95,7 +148,7 @@ class TrainConfig:
     """Value loss coefficient."""
     max_grad_norm: float = 0.5
     """Global gradient norm clip."""
-    target_kl: float | None = None
+    target_kl: OptFloat = None
     """Stop the update's epochs early when the approximate KL exceeds this (none: never)."""
 
     # --- IMPALA (--algo impala) -------------------------------------------------------------------
@@ -113,9 +166,10 @@ class TrainConfig:
     learner_epochs: int = 1
     """IMPALA: passes the learner makes over each batch (1: the paper's IMPALA; more reuse the batch
     as PPO's epochs do, each step recomputing V-trace for the moved policy)."""
-    learner_minibatches: int = 1
+    learner_minibatches: Derived = None
     """IMPALA: minibatches per pass; they split the batch's learner_batch * num_envs / num_actors
-    unrolls, so the learner takes learner_epochs * learner_minibatches gradient steps per batch."""
+    unrolls, so the learner takes learner_epochs * learner_minibatches gradient steps per batch
+    (default: 1 with --pg-loss vtrace; with clipped the largest divisor of the unrolls up to 4)."""
     pg_loss: str = "vtrace"
     """IMPALA: policy-gradient loss. vtrace: the paper's, rho_s A_s log pi(a_s) with A_s the V-trace
     advantage. clipped (APPO): PPO's clipped surrogate (--clip-coef) of the ratio of pi to the
@@ -123,7 +177,7 @@ class TrainConfig:
     / the behaviour policy) (decoupled PPO: the actors' lag does not shrink the trust region); it
     keeps several passes over a batch (--learner-epochs, --learner-minibatches) near the policy the
     update started from."""
-    max_policy_lag: int | None = 20
+    max_policy_lag: OptInt = 20
     """IMPALA: drop unrolls acted by a policy more than this many updates older than the learner's
     (none: keep all)."""
     vtrace_rho_bar: float = 1.0
@@ -137,7 +191,7 @@ class TrainConfig:
     """IMPALA: how the actors run. local: processes on this machine writing unrolls into shared
     memory. ray: Ray actors returning unrolls through Ray's object store, restarted by Ray when
     they die, on this machine or across a cluster (--ray-address; needs pip install -e ".[ray]")."""
-    ray_address: str | None = None
+    ray_address: OptStr = None
     """With --actors ray: the Ray cluster to join, auto or HOST:PORT of `ray start --head` (none:
     start a private Ray instance with this machine's CPUs, stopped at the end of the run)."""
 
@@ -152,12 +206,9 @@ class TrainConfig:
     multi-threaded ops can be 100x slower, as their threads wait for each other."""
     logdir: str = "runs"
     """Parent folder of the run folders."""
-    run_name: str | None = None
+    run_name: OptStr = None
     """Run folder name (default: <env>__<core>__s<seed>__<timestamp>)."""
-    resume: str | None = None
-    """Continue a stopped run: a checkpoint file or a run folder. The run's saved configuration is
-    used; only --total-steps, --device, --torch-threads, --eval-episodes, --eval-every,
-    --save-every and --progress may be changed."""
+    resume: Annotated[OptStr, arg(help=RESUME_HELP)] = None
     eval_episodes: int = 100
     """Episodes of the final evaluation (0: skip it)."""
     eval_every: int = 0
@@ -181,6 +232,24 @@ class TrainConfig:
         def need(ok: bool, message: str) -> None:
             if not ok:
                 raise ConfigError(message)
+
+        def resolve(name: str, value: Any) -> None:  # a default that depends on other settings
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+
+        need(self.algo in ("ppo", "impala"), f"--algo must be ppo or impala, got {self.algo!r}")
+        impala = self.algo == "impala"
+        need(isinstance(self.num_actors, int) and self.num_actors > 0,
+             f"--num-actors must be a positive integer, got {self.num_actors!r}")
+        resolve("num_envs", IMPALA_ENVS_PER_ACTOR * self.num_actors if impala else PPO_DEFAULTS["num_envs"])
+        resolve("total_steps", (IMPALA_DEFAULTS if impala else PPO_DEFAULTS)["total_steps"])
+        if isinstance(self.num_envs, int) and isinstance(self.num_steps, int) and isinstance(
+                self.seq_len, int) and self.seq_len > 0:
+            resolve("num_minibatches", largest_divisor(self.num_sequences, PPO_MINIBATCHES))
+            if isinstance(self.learner_batch, int) and self.num_actors:
+                unrolls = self.learner_batch * (self.num_envs // self.num_actors)
+                resolve("learner_minibatches", largest_divisor(
+                    unrolls, APPO_MINIBATCHES if self.pg_loss == "clipped" else 1))
 
         for name in ("hidden_size", "num_layers", "embed_size", "num_envs", "num_steps", "seq_len",
                      "num_minibatches", "update_epochs", "save_every", "log_every"):
@@ -214,7 +283,6 @@ class TrainConfig:
         need(isinstance(self.env_kwargs, dict), "--env-kwargs must be key=value pairs")
         need(bool(self.env) and bool(self.core), "--env and --core must not be empty")
         need(isinstance(self.preset, str) and bool(self.preset), "--preset must be auto, a name or none")
-        need(self.algo in ("ppo", "impala"), f"--algo must be ppo or impala, got {self.algo!r}")
         for name in ("num_actors", "unroll_length", "learner_batch", "learner_epochs",
                      "learner_minibatches"):
             value = getattr(self, name)
@@ -271,14 +339,15 @@ class TrainConfig:
         return cls(**data)
 
 
-# fields that --resume lets a person change
-RESUMABLE_OVERRIDES = ("actors", "ray_address", "total_steps", "device", "torch_threads",
-                       "eval_episodes", "eval_every",
-                       "save_every", "progress", "log_every", "eval_greedy")
 
 
 def _flag(name: str) -> str:
     return name.replace("_", "-")
+
+
+def largest_divisor(n: int, at_most: int) -> int:
+    """The largest divisor of ``n`` that is at most ``at_most`` (1 when n < 1)."""
+    return max((d for d in range(1, min(n, at_most) + 1) if n % d == 0), default=1)
 
 
 def _divisors(n: int) -> str:

@@ -16,7 +16,9 @@ import torch
 from agents.config import TrainConfig
 from agents.evaluate import ACTIVATION_FLOATS, free_memory, gib
 from agents.evaluate import space_elements as _elements
-from policies.actor_critic import ActorCritic
+from gymnasium import spaces
+
+from policies.actor_critic import ActionHead, make_encoder
 
 ENV_BYTES = 64 << 10  # one env's host memory, generous: a MiniGrid env measured 22 KiB, a native task's row far less
 PROCESS_BYTES = 400 << 20  # one more Python process with torch imported (an IMPALA actor)
@@ -26,13 +28,28 @@ class ResourceError(RuntimeError):
     """The run cannot fit or cannot write where it was told to; the message is one line."""
 
 
-def training_bytes(cfg: TrainConfig, policy: ActorCritic) -> dict[str, int]:
+def model_size(cfg: TrainConfig, obs_space: spaces.Space, act_space: spaces.Space) -> tuple[int, int]:
+    """(parameters, recurrent-state floats per env) of the config's actor-critic, counted without
+    building it: the encoder and the head are built on the meta device (no memory, sizes that do
+    not grow with the flags), the trunk, the core and the value head are counted from their shapes,
+    the core as four gate blocks per layer (LSTM's and the UR cores' count; GRU's is lower)."""
+    with torch.device("meta"):
+        encoder, head = make_encoder(obs_space), ActionHead(act_space, 1)
+    E, H, L = cfg.embed_size, cfg.hidden_size, cfg.num_layers
+    in_size = encoder.out_size + (head.encoding_size + 1 if cfg.prev_action_reward else 0)
+    core = 4 * H * (E + H + 1) + (L - 1) * 4 * H * (2 * H + 1)
+    heads = (H + 1) * (head.linear.out_features + 1)
+    params = sum(p.numel() for p in encoder.parameters()) + (in_size + 1) * E + core + heads
+    return params, 2 * L * H
+
+
+def training_bytes(cfg: TrainConfig, obs_space: spaces.Space, act_space: spaces.Space
+                   ) -> dict[str, int]:
     """Estimated bytes of each part of a training run: rollout storage, one minibatch's saved
     activations, model and optimizer, the envs (and IMPALA's actor processes)."""
-    obs_elements, obs_bytes = _elements(policy.observation_space)
-    act_elements, _ = _elements(policy.action_space)
-    state_floats = sum(s.numel() for s in policy.initial_state(1, "cpu"))  # per env
-    params = sum(p.numel() for p in policy.parameters())
+    obs_elements, obs_bytes = _elements(obs_space)
+    act_elements, _ = _elements(act_space)
+    params, state_floats = model_size(cfg, obs_space, act_space)
     H, L = cfg.hidden_size, cfg.num_layers
     # per stored step: observation, previous action and reward, action, log-prob, value, reward,
     # final value, three flags; per sequence start: the core state
@@ -55,10 +72,12 @@ def training_bytes(cfg: TrainConfig, policy: ActorCritic) -> dict[str, int]:
             "model and optimizer": 4 * 4 * params, "envs": envs}
 
 
-def check_training_memory(cfg: TrainConfig, policy: ActorCritic, device: torch.device,
-                          free_host: int | None = None, free_device: int | None = None) -> None:
-    """Raise ResourceError naming what the run needs and what is free when it cannot fit."""
-    parts = training_bytes(cfg, policy)
+def check_training_memory(cfg: TrainConfig, obs_space: spaces.Space, act_space: spaces.Space,
+                          device: torch.device, free_host: int | None = None,
+                          free_device: int | None = None) -> None:
+    """Raise ResourceError naming what the run needs and what is free when it cannot fit; runs
+    before the model is built, so a model too large to allocate is refused in a moment."""
+    parts = training_bytes(cfg, obs_space, act_space)
     host_parts = dict(parts) if device.type != "cuda" else {"envs": parts["envs"]}
     checks = [("", host_parts, free_memory(torch.device("cpu")) if free_host is None else free_host)]
     if device.type == "cuda":
@@ -69,8 +88,8 @@ def check_training_memory(cfg: TrainConfig, policy: ActorCritic, device: torch.d
         if free is not None and total > free:
             detail = ", ".join(f"{name} {gib(b)}" for name, b in sorted(need.items(), key=lambda kv: -kv[1]))
             raise ResourceError(f"this configuration needs about {gib(total)}{where} ({detail}) and {gib(free)} "
-                                f"is free: lower --num-envs, --num-steps (IMPALA: --unroll-length) or --hidden-size, "
-                                f"or raise --num-minibatches")
+                                f"is free: lower --num-envs, --num-steps (IMPALA: --unroll-length), --hidden-size, "
+                                f"--num-layers or --embed-size, or raise --num-minibatches")
 
 
 def check_writable(folder: str, what: str = "run folder") -> None:

@@ -1,5 +1,7 @@
-"""The run folder, shared by ``train.py``'s learners and ``supervised``: a TensorBoard writer held to
-fixed tag prefixes, JSON files written atomically, the git commit, and the folder's name.
+"""What every run shares, ``train.py``'s learners and ``supervised`` alike: the run folder (a
+TensorBoard writer held to fixed tag prefixes, JSON files written atomically, the git commit, the
+folder's name) and the entry point's plumbing (flags parsed by tyro with one-line errors, the
+device, the seeds).
 
 A leaf module: it imports nothing from the project, so both ``agents`` and ``supervised`` (which
 imports nothing else of the project but ``policies.cores``) may import it.
@@ -12,6 +14,7 @@ import math
 import os
 import re
 import subprocess
+import sys
 import time
 from typing import Any
 
@@ -100,3 +103,82 @@ def make_run_dir(logdir: str, label: str, core: str, seed: int, run_name: str | 
         run_dir = f"{base}-{n}"
     os.makedirs(run_dir)
     return run_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# what every entry point shares: the command line (tyro), the device, the seeds
+# ---------------------------------------------------------------------------------------------
+
+class UsageError(Exception):
+    """Bad input from the command line: printed as one line ``error: ...``, exit code 2."""
+
+
+def one_line(err: BaseException | str) -> str:
+    """An error message folded into one line."""
+    text = str(err).strip() or type(err).__name__
+    return " ".join(text.split())
+
+
+def parse_args(cls: Any, argv: list[str], prog: str, *, description: str | None = None,
+               default: Any = None, unknown: bool = False) -> Any:
+    """``tyro.cli(cls)`` on ``argv`` whose parse errors become one-line ``UsageError`` s.
+
+    tyro draws its errors as a framed panel; here the panel's message (the lines between its title
+    and the first rule) is folded into one line. ``--help`` prints tyro's help and raises
+    ``SystemExit(0)`` as usual. With ``unknown`` the flags tyro does not know are returned too:
+    ``(value, unknown)``.
+    """
+    import contextlib
+    import io
+
+    import tyro
+
+    kwargs: dict[str, Any] = {"args": list(argv), "prog": prog, "description": description,
+                              "return_unknown_args": unknown}
+    if default is not None:
+        kwargs["default"] = default
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return tyro.cli(cls, **kwargs)
+    except SystemExit as exit_:
+        text = captured.getvalue()
+        if exit_.code in (0, None):
+            sys.stderr.write(text)
+            raise
+        raise UsageError(_panel_message(text) or f"cannot parse the flags of {prog}") from None
+
+
+def _panel_message(text: str) -> str:
+    """The message of a tyro error panel: its first block of lines after the title."""
+    lines = [line.strip().strip("│╭╮╰╯").strip() for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    body: list[str] = []
+    for line in lines[1:]:  # lines[0] holds the title ("Unrecognized options", "Value error", ...)
+        if set(line) <= set("-─━ "):  # a rule
+            if body:
+                break
+            continue
+        body.append(line)
+    message = " ".join(" ".join(body).split())
+    return message[len("Error parsing "):] if message.startswith("Error parsing ") else message
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``; UsageError for a missing GPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda but no CUDA device is available: use --device cpu or auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
