@@ -32,12 +32,13 @@ def model_size(cfg: TrainConfig, obs_space: spaces.Space, act_space: spaces.Spac
     """(parameters, recurrent-state floats per env) of the config's actor-critic, counted without
     building it: the encoder and the head are built on the meta device (no memory, sizes that do
     not grow with the flags), the trunk, the core and the value head are counted from their shapes,
-    the core as four gate blocks per layer (LSTM's and the UR cores' count; GRU's is lower)."""
+    the core as four gate blocks per layer with the UR cores' extra bias (a GRU has three)."""
     with torch.device("meta"):
         encoder, head = make_encoder(obs_space), ActionHead(act_space, 1)
     E, H, L = cfg.embed_size, cfg.hidden_size, cfg.num_layers
     in_size = encoder.out_size + (head.encoding_size + 1 if cfg.prev_action_reward else 0)
-    core = 4 * H * (E + H + 1) + (L - 1) * 4 * H * (2 * H + 1)
+    # per layer: four gate blocks of input and recurrent weights, two biases, a forget-gate bias
+    core = sum(4 * H * ((E if layer == 0 else H) + H + 2) + H for layer in range(L))
     heads = (H + 1) * (head.linear.out_features + 1)
     params = sum(p.numel() for p in encoder.parameters()) + (in_size + 1) * E + core + heads
     return params, 2 * L * H

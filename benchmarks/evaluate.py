@@ -34,6 +34,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train  # noqa: E402
+from agents import commands
 from agents import evaluate as ev  # noqa: E402
 from agents.config import TrainConfig  # noqa: E402
 from policies.cores.kernels import cpu_info  # noqa: E402
@@ -54,8 +55,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(env=args.env, env_kwargs={}, num_envs=4, device="cpu", progress=False)
     torch.manual_seed(cfg.seed)
-    probe = train.make_env(cfg, num_envs=1)
-    policy = train.make_policy(cfg, probe, torch.device("cpu")).eval()
+    probe = commands.make_env(cfg, num_envs=1)
+    policy = commands.make_policy(cfg, probe, torch.device("cpu")).eval()
     probe.close()
     old = dataclasses.replace(cfg, env_kwargs={"vectorization": "async"})
     one_process = ev.ENVS_PER_WORKER

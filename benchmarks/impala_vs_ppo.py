@@ -29,6 +29,9 @@ import torch  # noqa: E402
 from policies.cores.kernels import cpu_info  # noqa: E402
 
 import train  # noqa: E402
+from agents import commands
+from agents import runfolder
+from agents.config import IMPALA_ENVS_PER_ACTOR
 from agents import impala, ppo  # noqa: E402
 from agents.config import TrainConfig  # noqa: E402
 from agents.logger import make_run_dir  # noqa: E402
@@ -44,12 +47,12 @@ TASKS = {
 
 def measure(cfg: TrainConfig) -> dict:
     """One training run of ``cfg`` (ppo or impala); SPS end to end and from first to last update."""
-    device = train.resolve_device(cfg.device)
+    device = runfolder.resolve_device(cfg.device)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)  # as train.py does (one thread by default)
-    train.seed_everything(cfg.seed)
-    venv = train.make_env(cfg, num_envs=1 if cfg.algo == "impala" else None)
-    policy = train.make_policy(cfg, venv, device)
+    runfolder.seed_everything(cfg.seed)
+    venv = commands.make_env(cfg, num_envs=1 if cfg.algo == "impala" else None)
+    policy = commands.make_policy(cfg, venv, device)
     marks: list[tuple[float, int]] = []
     learner = impala.train if cfg.algo == "impala" else ppo.train
     with tempfile.TemporaryDirectory() as logdir:
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
         runs = {}
         runs["ppo"] = measure(TrainConfig(**common, algo="ppo", num_envs=spec["num_envs"],
                                           num_steps=spec["num_steps"], seq_len=spec["seq_len"]))
-        impala_envs = args.impala_num_envs or train.IMPALA_ENVS_PER_ACTOR * args.num_actors
+        impala_envs = args.impala_num_envs or IMPALA_ENVS_PER_ACTOR * args.num_actors
         runs["impala"] = measure(TrainConfig(**common, algo="impala", num_envs=impala_envs,
                                              num_actors=args.num_actors,
                                              unroll_length=spec["unroll_length"],

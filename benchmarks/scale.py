@@ -39,6 +39,8 @@ import torch  # noqa: E402
 from policies.cores.kernels import cpu_info  # noqa: E402
 
 import train  # noqa: E402
+from agents import commands
+from agents import runfolder
 from agents import impala  # noqa: E402
 from agents.config import TrainConfig  # noqa: E402
 from agents.logger import make_run_dir  # noqa: E402
@@ -57,9 +59,9 @@ def impala_run(cfg: TrainConfig) -> dict:
     """One IMPALA run in this process; SPS end to end and steady."""
     device = torch.device(cfg.device)
     torch.set_num_threads(cfg.torch_threads)
-    train.seed_everything(cfg.seed)
-    venv = train.make_env(cfg, num_envs=1)
-    policy = train.make_policy(cfg, venv, device)
+    runfolder.seed_everything(cfg.seed)
+    venv = commands.make_env(cfg, num_envs=1)
+    policy = commands.make_policy(cfg, venv, device)
     marks: list[tuple[float, int]] = []
     before = load()
     with tempfile.TemporaryDirectory() as logdir:

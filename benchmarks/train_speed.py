@@ -23,16 +23,19 @@ import torch  # noqa: E402
 from policies.cores.kernels import cpu_info  # noqa: E402
 
 import train  # noqa: E402
+from agents import commands
+from agents import runfolder
+from agents.config import parse_kwargs
 from agents import ppo  # noqa: E402
 from agents.config import TrainConfig  # noqa: E402
 
 
 def measure(cfg: TrainConfig, updates: int, warmup: int = 1) -> dict:
     """Train for warmup + updates updates; SPS and time shares over the measured ones."""
-    device = train.resolve_device(cfg.device)
-    train.seed_everything(cfg.seed)
-    venv = train.make_env(cfg)
-    policy = train.make_policy(cfg, venv, device)
+    device = runfolder.resolve_device(cfg.device)
+    runfolder.seed_everything(cfg.seed)
+    venv = commands.make_env(cfg)
+    policy = commands.make_policy(cfg, venv, device)
     marks: list[tuple[float, int]] = []
 
     def on_progress(p: dict) -> None:
@@ -88,7 +91,7 @@ def main() -> None:
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    cfg = TrainConfig(env=args.env, env_kwargs=train.parse_kwargs(args.env_kwargs), core=args.core,
+    cfg = TrainConfig(env=args.env, env_kwargs=parse_kwargs(args.env_kwargs), core=args.core,
                       num_envs=args.num_envs, num_steps=args.num_steps, seq_len=args.seq_len or args.num_steps,
                       num_minibatches=args.num_minibatches, update_epochs=args.update_epochs,
                       hidden_size=args.hidden_size, torch_threads=args.torch_threads, device=args.device,

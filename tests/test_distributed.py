@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import multiprocessing as mp
 
-import train
+from agents import commands
 from agents import distributed, ppo
 from agents.config import TrainConfig
 from agents.returns import gae
@@ -27,8 +27,8 @@ CFG = dict(env_kwargs={"length": 3}, core="gru", num_envs=4, num_steps=8, seq_le
 def _rollout(cfg: TrainConfig):
     """A real rollout of the union (4 envs) and the policy that collected it."""
     torch.manual_seed(0)
-    venv = train.make_env(cfg)
-    policy = train.make_policy(cfg, venv, torch.device("cpu"))
+    venv = commands.make_env(cfg)
+    policy = commands.make_policy(cfg, venv, torch.device("cpu"))
     ro = ppo.Rollout(cfg, policy, torch.device("cpu"))
     carry = initial_carry(policy, venv, cfg, torch.device("cpu"))
     for _ in range(2):  # the second rollout starts mid-episode, with memory
@@ -69,8 +69,8 @@ def _rank(rank: int, world: int, init_file: str, state: dict, ro, out: str) -> N
                                          world_size=world)
     try:
         cfg = TrainConfig(**CFG)
-        venv = train.make_env(cfg, num_envs=1)
-        policy = train.make_policy(cfg, venv, torch.device("cpu"))
+        venv = commands.make_env(cfg, num_envs=1)
+        policy = commands.make_policy(cfg, venv, torch.device("cpu"))
         venv.close()
         policy.load_state_dict(state)
         torch.save(_grads_after_update(policy, _half(ro, rank, world), cfg), f"{out}.{rank}")

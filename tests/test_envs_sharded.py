@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import envs
-import train
+from agents import commands
 from agents import evaluate as ev
 from agents.config import TrainConfig
 from envs.sharded import ShardedVectorEnv
@@ -142,8 +142,8 @@ def test_evaluation_in_slices_reports_what_one_process_reports(monkeypatch):
     cfg = TrainConfig(env="MiniGrid-MemoryS7-v0", env_kwargs={"vectorization": "sync"}, num_envs=2, num_steps=8,
                       seq_len=8, num_minibatches=1, hidden_size=8, embed_size=8, progress=False, device="cpu")
     torch.manual_seed(0)
-    probe = train.make_env(cfg, num_envs=1)
-    policy = train.make_policy(cfg, probe, torch.device("cpu")).eval()
+    probe = commands.make_env(cfg, num_envs=1)
+    policy = commands.make_policy(cfg, probe, torch.device("cpu")).eval()
     probe.close()
     made = []
     real_make = envs.make

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import train
+from agents import commands
 from agents import evaluate as ev
 from agents.config import TrainConfig
 
@@ -27,8 +28,8 @@ def tiny(**kw) -> TrainConfig:
 
 def policy_for(cfg: TrainConfig):
     torch.manual_seed(0)
-    probe = train.make_env(cfg, num_envs=1)
-    policy = train.make_policy(cfg, probe, CPU)
+    probe = commands.make_env(cfg, num_envs=1)
+    policy = commands.make_policy(cfg, probe, CPU)
     probe.close()
     return policy.eval()
 

@@ -18,6 +18,7 @@ import torch
 from gymnasium import spaces
 
 import train
+from agents import commands
 from agents import actors, impala, ppo
 from agents.config import ConfigError, TrainConfig
 
@@ -327,8 +328,8 @@ def run_faulty(tmp_path, flag_file: str, fail_at: int, total_steps: int, eval_ep
                       core="gru", num_envs=4, num_actors=num_actors, unroll_length=8,
                       learner_batch=2, hidden_size=16, embed_size=16, total_steps=total_steps,
                       eval_episodes=eval_episodes, progress=False, device="cpu")
-    venv = train.make_env(cfg, num_envs=1)
-    policy = train.make_policy(cfg, venv, torch.device("cpu"))
+    venv = commands.make_env(cfg, num_envs=1)
+    policy = commands.make_policy(cfg, venv, torch.device("cpu"))
     run_dir = str(tmp_path / "faulty")
     os.makedirs(run_dir)
     try:

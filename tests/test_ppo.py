@@ -8,6 +8,8 @@ import pytest
 import torch
 
 import train
+from agents import commands
+from agents.runfolder import UsageError
 from agents import checkpoint as ckpt
 from agents import ppo
 from agents.config import TrainConfig
@@ -69,8 +71,8 @@ def test_truncation_bootstraps_from_final_obs_with_current_state():
                       core="gru", num_envs=3, num_steps=12, seq_len=12, num_minibatches=1, hidden_size=8,
                       embed_size=8, progress=False)
     torch.manual_seed(0)
-    venv = train.make_env(cfg)
-    policy = train.make_policy(cfg, venv, torch.device("cpu"))
+    venv = commands.make_env(cfg)
+    policy = commands.make_policy(cfg, venv, torch.device("cpu"))
     ro = ppo.Rollout(cfg, policy, torch.device("cpu"))
     carry = ppo.initial_carry(policy, venv, cfg, torch.device("cpu"))
     finals = {}
@@ -125,9 +127,9 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path):
 
 def test_resume_rejects_changed_settings_and_finished_runs(tmp_path):
     code, s = run(tmp_path, "--total-steps", "32", "--eval-episodes", "0")
-    with pytest.raises(train.UsageError, match="--hidden-size cannot change"):
+    with pytest.raises(UsageError, match="--hidden-size cannot change"):
         train.run_train(["--resume", s["run_dir"], "--hidden-size", "32"])
-    with pytest.raises(train.UsageError, match="raise --total-steps"):
+    with pytest.raises(UsageError, match="raise --total-steps"):
         train.run_train(["--resume", s["run_dir"]])
     code, more = train.run_train(["--resume", s["run_dir"], "--total-steps", "64", "--no-progress"])
     assert code == 0 and more["total_steps"] == 64

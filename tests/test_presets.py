@@ -78,7 +78,7 @@ def test_settings_scale_with_the_task():
 
 
 def test_explicit_flags_override_the_preset_and_env_kwargs_merge():
-    cfg, _, supplied = train.parse_train_preset(["--env", "MiniGrid-MemoryS7-v0", "--num-envs", "8",
+    cfg, supplied, _ = train.parse_train(["--env", "MiniGrid-MemoryS7-v0", "--num-envs", "8",
                                                 "--env-kwargs", "max_steps=50"])
     assert cfg.preset == "minigrid-memory" and cfg.num_envs == 8 and "num_envs" not in supplied
     assert (cfg.num_steps, cfg.learning_rate, cfg.anneal_lr, cfg.policy_head_gain) == (128, 2e-3, False, 1.0)
@@ -88,14 +88,14 @@ def test_explicit_flags_override_the_preset_and_env_kwargs_merge():
     assert cfg.env_kwargs == {"vectorization": "async"}
     cfg = train.parse_train(["--env", "MiniGrid-MemoryS7-v0", "--env-kwargs"])[0]  # nothing after it: none
     assert cfg.env_kwargs == {} and cfg.num_steps == 128
-    cfg, _, supplied = train.parse_train_preset(["--env-kwargs", "length=100", "--gamma", "0.95"])
+    cfg, supplied, _ = train.parse_train(["--env-kwargs", "length=100", "--gamma", "0.95"])
     assert (cfg.num_steps, cfg.num_envs, cfg.gamma) == (101, 16, 0.95) and "gamma" not in supplied
     line = train.preset_line(cfg, supplied)
     assert line.startswith("preset tmaze-passive") and "--num-steps 101" in line and "--gamma" not in line
 
 
 def test_preset_none_and_by_name():
-    cfg, _, supplied = train.parse_train_preset(["--env", "MiniGrid-MemoryS7-v0", "--preset", "none"])
+    cfg, supplied, _ = train.parse_train(["--env", "MiniGrid-MemoryS7-v0", "--preset", "none"])
     assert cfg.preset == "none" and supplied == {}
     assert (cfg.num_envs, cfg.num_steps, cfg.env_kwargs) == (TrainConfig.num_envs, TrainConfig.num_steps, {})
     assert train.preset_line(cfg, supplied).startswith("preset: none")
@@ -173,9 +173,9 @@ def test_compare_gives_every_core_the_same_preset(tmp_path):
     runs = plan("urlstm/MemoryChain-v0", ["lstm", "urlstm", "mlp"], [1], "length", [10, 30], {}, [],
                 str(tmp_path))
     for length in (10, 30):
-        parsed = [train.parse_train_preset(r.argv) for r in runs if r.value == length]
+        parsed = [train.parse_train(r.argv) for r in runs if r.value == length]
         assert {cfg.preset for cfg, _, _ in parsed} == {"memory-chain"}
-        assert all(s == parsed[0][2] for _, _, s in parsed) and parsed[0][0].num_steps % (length + 1) == 0
+        assert all(s == parsed[0][1] for _, s, _ in parsed) and parsed[0][0].num_steps % (length + 1) == 0
 
 
 def test_the_first_line_of_a_real_run_names_the_preset(tmp_path):

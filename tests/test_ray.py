@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import train
+from agents import commands
 from agents import config, impala
 from agents.config import ConfigError, TrainConfig
 from test_impala import ROOT, _cmdline, descendants, running, wait_until_gone
@@ -108,8 +109,8 @@ def test_ray_actor_whose_env_raises_is_restarted(ray_instance, tmp_path):
                       core="gru", num_envs=4, num_actors=2, unroll_length=8, learner_batch=2,
                       hidden_size=16, embed_size=16, total_steps=640, eval_episodes=0,
                       progress=False, device="cpu")
-    venv = train.make_env(cfg, num_envs=1)
-    policy = train.make_policy(cfg, venv, torch.device("cpu"))
+    venv = commands.make_env(cfg, num_envs=1)
+    policy = commands.make_policy(cfg, venv, torch.device("cpu"))
     run_dir = tmp_path / "faulty"
     run_dir.mkdir()
     try:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import train
+from agents import commands
 from agents import checkpoint as ckpt
 from agents import resources
 
@@ -39,16 +40,17 @@ def test_the_estimate_is_compared_with_the_free_memory(algo, tmp_path, capsys, m
     argv = [*TINY, "--algo", algo, "--logdir", str(tmp_path), "--total-steps", "32"]
     if algo == "impala":
         argv += ["--num-actors", "2", "--unroll-length", "8"]
-    cfg, _ = train.parse_train(argv)
-    venv = train.make_env(cfg, num_envs=1)
-    policy = train.make_policy(cfg, venv, torch.device("cpu"))
+    cfg = train.parse_train(argv).cfg
+    venv = commands.make_env(cfg, num_envs=1)
+    policy = commands.make_policy(cfg, venv, torch.device("cpu"))
+    spaces = venv.single_observation_space, venv.single_action_space
     venv.close()
-    need = sum(resources.training_bytes(cfg, policy).values())
+    need = sum(resources.training_bytes(cfg, *spaces).values())
     params = sum(p.numel() for p in policy.parameters())
     assert need >= 16 * params  # weights, gradients and Adam's two moments at least
-    resources.check_training_memory(cfg, policy, torch.device("cpu"), free_host=need + 1)
+    resources.check_training_memory(cfg, *spaces, torch.device("cpu"), free_host=need + 1)
     with pytest.raises(resources.ResourceError, match=r"needs about .* model and optimizer .* is free"):
-        resources.check_training_memory(cfg, policy, torch.device("cpu"), free_host=need - 1)
+        resources.check_training_memory(cfg, *spaces, torch.device("cpu"), free_host=need - 1)
     monkeypatch.setattr(resources, "free_memory", lambda device: need // 2)
     assert train.main(argv) == 2
     assert "this configuration needs about" in one_error_line(capsys)
@@ -103,3 +105,37 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path,
     monkeypatch.setattr(ckpt.torch, "save", real_save)
     assert train.main(["--resume", str(run), "--no-progress"]) == 0
     assert ckpt.load(str(run))["global_step"] == 96
+
+
+@pytest.mark.parametrize("core", ["urlstm", "lstm", "gru", "lstm:CR", "mlp"])
+@pytest.mark.parametrize("env", ["urlstm/TMazePassive-v0", "MiniGrid-MemoryS7-v0"])
+def test_the_counted_model_size_bounds_the_built_one(core, env):
+    """The parameters counted without building the model are at least those of the built model,
+    and, for the recurrent cores, at most 1.4 times as many (LSTM-sized gates where a GRU has
+    three; the memoryless core is far smaller than the count)."""
+    cfg = train.parse_train(["--env", env, "--core", core, "--hidden-size", "24", "--embed-size",
+                             "20", "--num-layers", "2"]).cfg
+    venv = commands.make_env(cfg, num_envs=1)
+    built = commands.make_policy(cfg, venv, torch.device("cpu"))
+    counted, state = resources.model_size(cfg, venv.single_observation_space,
+                                          venv.single_action_space)
+    venv.close()
+    params = sum(p.numel() for p in built.parameters())
+    assert params <= counted <= (1.4 * params if core != "mlp" else counted), (params, counted)
+    assert state >= sum(s[:, 0].numel() for s in built.initial_state(1, "cpu"))
+
+
+@pytest.mark.parametrize("flag,value", [("--hidden-size", "100000000"), ("--num-layers", "10000"),
+                                        ("--embed-size", str(10**8))])
+def test_a_model_too_large_to_allocate_is_refused_before_it_is_built(flag, value, tmp_path, capsys,
+                                                                     monkeypatch):
+    """The model's size is in the estimate, checked before the model is built: building it is made
+    to fail here, so a refusal proves the check came first."""
+    def never(*args, **kwargs):
+        raise AssertionError("the model was built before the memory check")
+
+    monkeypatch.setattr(commands, "make_policy", never)
+    assert train.main([flag, value, "--total-steps", "64", "--logdir", str(tmp_path)]) == 2
+    line = one_error_line(capsys)
+    assert "this configuration needs about" in line and "model and optimizer" in line
+    assert not os.listdir(tmp_path)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import train
+from agents import commands
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--env-kwargs", "length=3", "--num-envs", "4", "--num-steps", "8", "--seq-len", "8",
@@ -55,14 +56,16 @@ def test_bad_flag_in_a_subprocess_is_one_line_and_exit_code_2():
     (["--gamma", "1.5"], "--gamma must be in [0, 1]"),
     (["--policy-head-gain", "0"], "--policy-head-gain must be positive"),
     (["--total-steps", "0"], "--total-steps must be positive"),
-    (["--learning-rate", "abc"], "invalid float value"),
-    (["--bogus"], "unrecognized arguments"),
+    (["--learning-rate", "abc"], "--learning-rate: could not convert string to float"),
+    (["--bogus"], "Unrecognized options: --bogus"),
     (["--env-kwargs", "length"], "key=value"),
     (["--env-kwargs", "lenght=5"], "unexpected kwargs"),
     (["--device", "tpu"], "--device must be auto, cpu or cuda"),
     (["--algo", "impala", "--learner-epochs", "0"], "--learner-epochs must be a positive integer"),
     (["--algo", "impala", "--learner-minibatches", "3"], "--learner-minibatches (3) must divide"),
     (["--algo", "impala", "--pg-loss", "ppo"], "--pg-loss must be vtrace or clipped"),
+    (["--algo", "impala", "--learner-minibatches", "4", "--num-envs", "2"], "(4) must divide"),
+    (["--num-envs", "2", "--num-minibatches", "4"], "--num-minibatches (4) must divide"),
     (["eval"], "--checkpoint"),
     (["eval", "--checkpoint", "/nonexistent/run"], "no checkpoint at"),
 ])
@@ -91,41 +94,68 @@ def test_help_documents_every_flag(capsys):
     with pytest.raises(SystemExit) as exit_info:
         train.main(["--help"])
     assert exit_info.value.code == 0
-    text = capsys.readouterr().out
+    text = " ".join(capsys.readouterr().out.replace("│", " ").split())
     from dataclasses import fields
-    from agents.config import TrainConfig
-    docs = train.field_docs(TrainConfig)
+
+    from agents.config import RESUMABLE_OVERRIDES, TrainConfig
     for f in fields(TrainConfig):
-        assert "--" + f.name.replace("_", "-") in text
-        assert docs.get(f.name), f"field {f.name} has no docstring"
+        assert "--" + f.name.replace("_", "-") in text, f.name
+    # every field has a docstring, which is its help; --resume's help is written from the list
+    assert "Adam learning rate." in text and "Discount factor." in text
+    resume_help = text[text.index("--resume"):]
+    assert all("--" + k.replace("_", "-") in resume_help[:600] for k in RESUMABLE_OVERRIDES)
 
 
 def test_flags_round_trip_into_the_config():
-    cfg, given = train.parse_train(["--core", "gru", "--env-kwargs", "length=7", "name='x'", "--no-anneal-lr",
-                                    "--target-kl", "0.02", "--seq-len", "41", "--num-steps", "82"])
+    cfg, supplied, _ = train.parse_train(["--core", "gru", "--env-kwargs", "length=7", "name='x'",
+                                          "--no-anneal-lr", "--target-kl", "0.02", "--seq-len", "41",
+                                          "--num-steps", "82"])
     assert cfg.core == "gru" and cfg.env_kwargs == {"length": 7, "name": "x"} and cfg.anneal_lr is False
-    assert cfg.target_kl == 0.02 and cfg.seq_len == 41
-    assert given == {"core", "env_kwargs", "anneal_lr", "target_kl", "seq_len", "num_steps"}
+    assert cfg.target_kl == 0.02 and cfg.seq_len == 41 and cfg.num_steps == 82
+    assert "seq_len" not in supplied and supplied["gamma"] == 0.99  # the preset fills what is not typed
     assert train.parse_train(["--target-kl", "none"])[0].target_kl is None
+    assert train.parse_train(["--target-kl", "None"])[0].target_kl is None
     assert train.parse_train(["--env-kwargs"])[0].env_kwargs == {}
-    # the default env's kwargs (length=50) do not follow another --env (without its preset's kwargs)
+    # without a preset no kwargs: the environment's own defaults
     assert train.parse_train(["--env", "MiniGrid-MemoryS7-v0", "--preset", "none"])[0].env_kwargs == {}
     assert train.parse_train(["--env", "urlstm/TMazePassive-v0"])[0].env_kwargs == {"length": 50}
     cfg = train.parse_train(["--env", "urlstm/MemoryChain-v0", "--policy-head-gain", "1.0", "--preset", "none"])[0]
     assert cfg.env_kwargs == {} and cfg.policy_head_gain == 1.0
-    venv = train.make_env(cfg, num_envs=1)
-    head = train.make_policy(cfg, venv, torch.device("cpu")).head.linear.weight
+    venv = commands.make_env(cfg, num_envs=1)
+    head = commands.make_policy(cfg, venv, torch.device("cpu")).head.linear.weight
     assert torch.allclose(torch.linalg.svdvals(head), torch.ones(2))  # orthogonal, gain 1
 
 
-def test_impala_defaults_on_the_command_line():
-    """--algo impala without --num-envs / --total-steps: 4 envs per actor, 2M steps; explicit values are kept."""
-    cfg = train.parse_train(["--algo", "impala"])[0]
+def test_impala_defaults_on_the_command_line_and_in_python_agree():
+    """--algo impala without --num-envs / --total-steps: 4 envs per actor, 2M steps; explicit values
+    are kept; TrainConfig(algo="impala") gets the same."""
+    from agents.config import TrainConfig
+
+    cfg = train.parse_train(["--algo", "impala", "--preset", "none"])[0]
     assert (cfg.num_envs, cfg.learner_batch, cfg.batch_size) == (8, 1, 4 * cfg.unroll_length)
     assert cfg.total_steps == 2_000_000 and train.parse_train([])[0].total_steps == 1_000_000
+    assert cfg == TrainConfig(algo="impala", preset="none")
     assert train.parse_train(["--algo", "impala", "--num-actors", "3"])[0].num_envs == 12
+    assert TrainConfig(algo="impala", num_actors=3).num_envs == 12
     assert train.parse_train(["--algo", "impala", "--num-envs", "6"])[0].num_envs == 6
-    assert train.parse_train([])[0].num_envs == 32
+    assert train.parse_train([])[0].num_envs == 32 and TrainConfig().num_envs == 32
+
+
+def test_the_minibatch_counts_default_to_the_largest_divisor_that_fits():
+    """A default never makes a plain combination of other flags invalid: the preset's APPO
+    minibatches (4) shrink to what one unroll per actor allows; an explicit bad value still errors."""
+    from agents.config import ConfigError, TrainConfig
+
+    argv = ["--algo", "impala", "--env", "MiniGrid-MemoryS9-v0", "--num-actors", "2", "--num-envs", "2"]
+    cfg = train.parse_train(argv).cfg
+    assert cfg.pg_loss == "clipped" and cfg.learner_minibatches == 1
+    assert train.parse_train(argv[:-1] + ["8"]).cfg.learner_minibatches == 4
+    assert train.parse_train(argv[:-1] + ["6"]).cfg.learner_minibatches == 3
+    assert TrainConfig(algo="impala").learner_minibatches == 1  # vtrace: the paper's one step
+    assert TrainConfig(num_envs=6, num_steps=10, seq_len=10).num_minibatches == 3
+    assert TrainConfig(num_envs=2, num_steps=10, seq_len=10).num_minibatches == 2
+    with pytest.raises(ConfigError, match="must divide"):
+        train.parse_train([*argv, "--learner-minibatches", "4"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,6 +179,6 @@ def test_end_of_run_hint_names_the_launcher(monkeypatch):
          "train_success_rate": None, "final_eval_episodes": 0, "best_success_rate": None,
          "run_dir": "runs/x", "checkpoint": "runs/x/checkpoint.pt"}
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert "(continue: python train.py --resume runs/x --total-steps N;" in train.report(s)
+    assert "(continue: python train.py --resume runs/x --total-steps N;" in commands.training_report(s)
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert "(continue: torchrun <the same options> train.py --resume runs/x --total-steps N;" in train.report(s)
+    assert "(continue: torchrun <the same options> train.py --resume runs/x --total-steps N;" in commands.training_report(s)
