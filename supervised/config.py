@@ -1,7 +1,7 @@
 """The run configuration of ``python -m supervised``: one frozen dataclass, task defaults filled in.
 
-Flags are generated from the fields (``supervised/__main__.py``); the string under each field is
-its help text. Fields left at None take the task's default (``TASK_DEFAULTS``) in ``__post_init__``,
+tyro builds the flags from the fields (``supervised/__main__.py``); the string under each field
+is its help text. Fields left at None take the task's default (``TASK_DEFAULTS``) in ``__post_init__``,
 so ``config.json`` always records the values that were used.
 """
 
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+from tyro.conf import Suppress, arg
 
 TASKS = ("copy", "adding", "pixels")
 DATASETS = ("digits", "mnist", "cifar10")
@@ -23,21 +25,21 @@ TASK_DEFAULTS: dict[str, dict[str, int]] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(Exception):
     """An invalid value or combination: the message says what to change (printed as one line, exit 2)."""
 
 
 @dataclass(frozen=True)
 class Config:
-    task: str = "copy"
-    """copy, adding or pixels"""
+    task: Annotated[str, Suppress] = "copy"
+    """copy, adding or pixels (the command: python -m supervised TASK)"""
     core: str = "urlstm"
     """memory core spec from policies.cores (lstm, gru, urlstm, urgru, mlp, lstm:XY, gru:XY)"""
-    steps: int | None = None
+    steps: Annotated[int | None, arg(help_behavior_hint='(default: per task)')] = None
     """optimizer steps (default per task: copy 20000, adding 10000, pixels 5000)"""
-    batch_size: int | None = None
+    batch_size: Annotated[int | None, arg(help_behavior_hint='(default: per task)')] = None
     """sequences per step (default per task: copy 10, adding 50, pixels 32)"""
-    hidden_size: int | None = None
+    hidden_size: Annotated[int | None, arg(help_behavior_hint='(default: per task)')] = None
     """hidden units of the core (default per task: copy 256, adding 128, pixels 128)"""
     num_layers: int = 1
     """stacked core layers"""
@@ -53,9 +55,9 @@ class Config:
     """torch intra-op threads (0 keeps torch's default)"""
     time_budget: float | None = None
     """stop training after this many seconds of wall-clock time (the steps reached are recorded)"""
-    eval_every: int | None = None
+    eval_every: Annotated[int | None, arg(help_behavior_hint='(default: per task)')] = None
     """evaluate every this many steps, and at the end (default per task: copy/adding 500, pixels 250)"""
-    eval_size: int | None = None
+    eval_size: Annotated[int | None, arg(help_behavior_hint='(default: per task)')] = None
     """evaluation sequences (copy/adding: fresh held-out batches; pixels: the first N of the test split)"""
     log_every: int = 20
     """log training loss, accuracy and gate statistics every this many steps"""

@@ -18,24 +18,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from agents.runfolder import resolve_device, seed_everything
+
 from .config import Config, ConfigError
 from .model import SequenceModel
 from .runlog import RunLog, git_commit, make_run_dir, write_json
 from .tasks import make_task
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda but no CUDA device is available: use --device cpu or auto")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 @torch.no_grad()
