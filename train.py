@@ -13,16 +13,14 @@ one line ``error: ...`` and exits with 2.
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import os
 import sys
-import traceback
-from typing import Any, Callable, NamedTuple, NoReturn, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
-from agents import commands
-from agents.config import RESUMABLE_OVERRIDES, ConfigError, Kwargs, TrainConfig, kwargs_flags
-from agents.runfolder import UsageError, one_line, parse_args
+from agents import commands, presets
+from agents.config import RESUMABLE_OVERRIDES, ConfigError, Kwargs, TrainConfig
+from agents.runfolder import UsageError, cli, one_line, parse_args
 
 DESCRIPTION = ("Train a recurrent agent on a memory task. Naming --env applies its preset of tuned "
                "settings (agents/presets.toml) under the flags given here. Other commands: eval, "
@@ -82,58 +80,12 @@ def parse_train(argv: Sequence[str], load_checkpoint: Callable[[str], dict] | No
                              "--total-steps to continue it")
         return ParsedTrain(cfg, {}, resume)
     typed = typed_fields(argv)
-    flags, supplied = preset_flags(choice, typed)
-    return ParsedTrain(parse_args(TrainConfig, flags[0] + argv + flags[1], "train.py"), supplied, None)
-
-
-def preset_flags(choice: _Choice, typed: set[str]
-                 ) -> tuple[tuple[list[str], list[str]], dict[str, Any]]:
-    """The flags that put the preset under the command line's (``typed``): the flags to put
-    before and after the command line's, and the settings the preset supplied."""
-    from agents import presets
-
-    kwargs, kwargs_typed = choice.env_kwargs, "env_kwargs" in typed
-    if choice.preset == "none":
-        return ([], ["--preset", "none"]), {}
     try:
-        preset = (presets.find(choice.env, choice.algo) if choice.preset == "auto"
-                  else presets.by_name(choice.preset))
-        if preset is None:
-            return ([], ["--preset", "none"]), {}
-        if preset.algo != choice.algo:
-            raise UsageError(f"preset {preset.name} is for --algo {preset.algo}, not {choice.algo}: "
-                             "pick another with --preset (python train.py presets lists them)")
-        settings = presets.resolve(preset, choice.env, kwargs if kwargs_typed else {})
+        flags, supplied = presets.flags_under(choice.env, choice.algo, choice.preset,
+                                              choice.env_kwargs, typed)
     except presets.PresetError as err:
         raise UsageError(one_line(err)) from None
-    supplied = {k: v for k, v in settings.items() if k != "env_kwargs" and k not in typed}
-    merged = dict(kwargs) if kwargs_typed else {}
-    if not (kwargs_typed and not kwargs):  # --env-kwargs with nothing after it: none at all
-        added = {k: v for k, v in settings.get("env_kwargs", {}).items() if k not in merged}
-        merged.update(added)
-        if added:
-            supplied["env_kwargs"] = added
-    before = [token for key, value in supplied.items() if key != "env_kwargs"
-              for token in _tokens(key, value)]
-    return (before, ["--env-kwargs", *kwargs_flags(merged), "--preset", preset.name]), supplied
-
-
-def _tokens(key: str, value: Any) -> list[str]:
-    if isinstance(value, bool):
-        return [_flag(key) if value else _flag("no_" + key)]
-    return [_flag(key), "none" if value is None else str(value)]
-
-
-def preset_line(cfg: TrainConfig, supplied: dict[str, Any]) -> str:
-    """The first line of a run: which preset, and which flags came from it."""
-    from agents.presets import as_flags
-
-    if cfg.preset == "none":
-        return "preset: none (every setting from the flags and the defaults)"
-    if not supplied:
-        return f"preset {cfg.preset}: every one of its settings was given as a flag"
-    return (f"preset {cfg.preset} ({cfg.algo} on {cfg.env}; flags override it, --preset none drops "
-            f"it): {as_flags(supplied)}")
+    return ParsedTrain(parse_args(TrainConfig, flags[0] + argv + flags[1], "train.py"), supplied, None)
 
 
 def _flag(name: str) -> str:
@@ -150,7 +102,7 @@ def run_train(argv: Sequence[str], stop: Callable[[int], bool] | None = None) ->
     from agents import checkpoint as ckpt
 
     parsed = parse_train(argv, lambda path: distributed.on_rank0(ckpt.load, path))
-    return commands.run_train(parsed.cfg, parsed.resume, preset_line(parsed.cfg, parsed.supplied),
+    return commands.run_train(parsed.cfg, parsed.resume, presets.line(parsed.cfg, parsed.supplied),
                               commands.shell_command("python train.py", argv), parsed.supplied,
                               stop=stop)
 
@@ -190,45 +142,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.modules["agents.distributed"].shutdown()
 
 
-def exit_code(run: Callable[[], int | None]) -> int:
-    """``run()``'s exit code, whatever way it ends: returned, ``sys.exit`` (``--help``: 0),
-    Ctrl-C (130), or an uncaught exception (its traceback, 1)."""
-    try:
-        code = run()
-    except SystemExit as exit_:
-        code = exit_.code
-        if isinstance(code, str):
-            print(code, file=sys.stderr)
-            code = 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        code = 130
-    except BaseException:  # noqa: BLE001 - reported like the interpreter would, then exit 1
-        traceback.print_exc()
-        code = 1
-    return 0 if code is None else int(code)
-
-
-def cli(run: Callable[[], int | None] = main) -> NoReturn:
-    """Run ``run`` and end the process with its exit code. The exit is fast: after every other
-    exit handler has closed what it owns (this one is registered first, so it runs last), the
-    standard streams are flushed and the process ends without tearing down the interpreter's
-    objects, which takes about a second once torch is imported and frees nothing the operating
-    system would not."""
-    code = [1]
-    atexit.register(_leave, code)
-    code[0] = exit_code(run)
-    sys.exit(code[0])
-
-
-def _leave(code: list[int]) -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(code[0])
-
-
 if __name__ == "__main__":
-    cli()
+    cli(main)

@@ -5,7 +5,6 @@ field docstrings are the help text); ``train.py`` parses them with tyro and call
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shlex
@@ -369,7 +368,3 @@ def shell_command(prog: str, argv: Sequence[str]) -> str:
     """The command line as a person would type it again."""
     return " ".join([prog, *map(shlex.quote, argv)])
 
-
-__all__ = ["CompareArgs", "EvalArgs", "PresetsArgs", "ReportArgs", "make_env", "make_policy",
-           "run_compare", "run_eval", "run_presets", "run_report", "run_train", "shell_command",
-           "training_report", "dataclasses"]

@@ -236,3 +236,48 @@ def describe(presets: list[Preset] | None = None, width: int = 100) -> str:
         lines.append(f"    evidence: {p.evidence}")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def flags_under(env: str, algo: str, choice: str, kwargs: dict[str, Any], typed: set[str]
+                ) -> tuple[tuple[list[str], list[str]], dict[str, Any]]:
+    """The flags that put the preset ``choice`` (auto, a name or none) for ``env`` and ``algo``
+    under a command line that typed the settings ``typed`` and ``kwargs``: the flags to put before
+    and after the command line's own, and the settings the preset supplied. Env kwargs merge key
+    by key; ``--env-kwargs`` typed with nothing after it means none at all."""
+    kwargs_typed = "env_kwargs" in typed
+    if choice == "none":
+        return ([], ["--preset", "none"]), {}
+    preset = find(env, algo) if choice == "auto" else by_name(choice)
+    if preset is None:
+        return ([], ["--preset", "none"]), {}
+    if preset.algo != algo:
+        raise PresetError(f"preset {preset.name} is for --algo {preset.algo}, not {algo}: pick "
+                          "another with --preset (python train.py presets lists them)")
+    settings = resolve(preset, env, kwargs if kwargs_typed else {})
+    supplied = {k: v for k, v in settings.items() if k != "env_kwargs" and k not in typed}
+    merged = dict(kwargs) if kwargs_typed else {}
+    if not (kwargs_typed and not kwargs):  # --env-kwargs with nothing after it: none at all
+        added = {k: v for k, v in settings.get("env_kwargs", {}).items() if k not in merged}
+        merged.update(added)
+        if added:
+            supplied["env_kwargs"] = added
+    before = [token for key, value in supplied.items() if key != "env_kwargs"
+              for token in _tokens(key, value)]
+    after = ["--env-kwargs", *[f"{k}={v!r}" for k, v in merged.items()], "--preset", preset.name]
+    return (before, after), supplied
+
+
+def _tokens(key: str, value: Any) -> list[str]:
+    if isinstance(value, bool):
+        return ["--" + key.replace("_", "-") if value else "--no-" + key.replace("_", "-")]
+    return ["--" + key.replace("_", "-"), "none" if value is None else str(value)]
+
+
+def line(cfg, supplied: dict[str, Any]) -> str:
+    """The first line of a run: which preset, and which flags came from it."""
+    if cfg.preset == "none":
+        return "preset: none (every setting from the flags and the defaults)"
+    if not supplied:
+        return f"preset {cfg.preset}: every one of its settings was given as a flag"
+    return (f"preset {cfg.preset} ({cfg.algo} on {cfg.env}; flags override it, --preset none drops "
+            f"it): {as_flags(supplied)}")

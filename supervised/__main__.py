@@ -14,7 +14,6 @@ Bad input prints one line ``error: ...`` and exits with 2.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from dataclasses import dataclass

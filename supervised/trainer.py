@@ -9,18 +9,16 @@ forward are logged; every ``eval_every`` steps, and once at the end, the held-ou
 from __future__ import annotations
 
 import math
-import random
 import sys
 import time
 from typing import Callable
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from agents.runfolder import resolve_device, seed_everything
 
-from .config import Config, ConfigError
+from .config import Config
 from .model import SequenceModel
 from .runlog import RunLog, git_commit, make_run_dir, write_json
 from .tasks import make_task
@@ -44,7 +42,7 @@ def train(cfg: Config, stop: Callable[[], bool] | None = None) -> dict:
     """Train ``cfg.core`` on ``cfg.task``; returns the summary (also written to summary.json).
 
     Raises:
-        ConfigError for a bad device or core options; datasets.MissingData / BadData for pixel data
+        UsageError for a missing CUDA device, ConfigError for core options; datasets.MissingData / BadData for pixel data
         that is absent or unreadable (before the run folder is created).
     """
     if cfg.threads:

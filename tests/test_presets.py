@@ -60,7 +60,7 @@ def test_settings_scale_with_the_task():
     default = presets.resolve(tmaze, "urlstm/TMazePassive-v0", {})
     assert default["env_kwargs"] == {"length": 50}
     assert (default["num_envs"], default["num_steps"], default["seq_len"], default["gamma"]) == (
-        TrainConfig.num_envs, TrainConfig.num_steps, TrainConfig.seq_len, TrainConfig.gamma)  # the default run
+        TrainConfig().num_envs, TrainConfig.num_steps, TrainConfig.seq_len, TrainConfig.gamma)  # the default run
     for length in (1, 10, 20, 100, 250, 1000):
         s = presets.resolve(tmaze, "urlstm/TMazePassive-v0", {"length": length})
         assert s["num_steps"] % (length + 1) == 0 and s["seq_len"] == s["num_steps"]
@@ -90,15 +90,15 @@ def test_explicit_flags_override_the_preset_and_env_kwargs_merge():
     assert cfg.env_kwargs == {} and cfg.num_steps == 128
     cfg, supplied, _ = train.parse_train(["--env-kwargs", "length=100", "--gamma", "0.95"])
     assert (cfg.num_steps, cfg.num_envs, cfg.gamma) == (101, 16, 0.95) and "gamma" not in supplied
-    line = train.preset_line(cfg, supplied)
+    line = presets.line(cfg, supplied)
     assert line.startswith("preset tmaze-passive") and "--num-steps 101" in line and "--gamma" not in line
 
 
 def test_preset_none_and_by_name():
     cfg, supplied, _ = train.parse_train(["--env", "MiniGrid-MemoryS7-v0", "--preset", "none"])
     assert cfg.preset == "none" and supplied == {}
-    assert (cfg.num_envs, cfg.num_steps, cfg.env_kwargs) == (TrainConfig.num_envs, TrainConfig.num_steps, {})
-    assert train.preset_line(cfg, supplied).startswith("preset: none")
+    assert (cfg.num_envs, cfg.num_steps, cfg.env_kwargs) == (TrainConfig().num_envs, TrainConfig.num_steps, {})
+    assert presets.line(cfg, supplied).startswith("preset: none")
     cfg = train.parse_train(["--env", "MiniGrid-MemoryS9-v0", "--preset", "minigrid"])[0]
     assert cfg.preset == "minigrid" and cfg.num_steps == 128  # not the Memory family's 160
 
