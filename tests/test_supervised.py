@@ -244,3 +244,20 @@ def test_speed_table(capsys):
     out = capsys.readouterr().out
     assert "adding-T6: T=6" in out and "| `lstm` |" in out and "| `urlstm` |" in out
     assert main(["speed", "--reps", "0"]) == 2
+
+
+@pytest.mark.parametrize("command", ["copy", "adding", "pixels", "grid", "speed", "report"])
+def test_help_of_every_command_exits_0(command):
+    p = subprocess.run([sys.executable, "-m", "supervised", command, "--help"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.startswith("usage: python -m supervised"), p.stderr
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["copy", "--steps", "x"], "--steps"), (["grid", "--core", "lstm"], "--core is not a flag"),
+    (["speed", "--cores", "nope"], "unknown core"), ([], "name a TASK"), (["copy", "--bogus"], "--bogus"),
+])
+def test_bad_flags_are_one_line_and_exit_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
