@@ -177,6 +177,9 @@ class EvalArgs:
     """auto, cpu or cuda."""
     json: bool = False
     """Print the result as one JSON line."""
+    ablate_memory: bool = False
+    """Zero the core state (and the previous action and reward) before every step: how much of
+    the agent's success rests on its memory (a memory task falls to chance)."""
 
     def __post_init__(self) -> None:
         for name, low in (("episodes", 1), ("num_envs", 1), ("max_episode_steps", 1)):
@@ -208,7 +211,7 @@ def run_eval(args: EvalArgs) -> int:
     policy.eval()
     result = evaluate(policy, cfg, device, episodes=args.episodes, greedy=args.greedy,
                       seed=args.seed, num_envs=args.num_envs,
-                      max_episode_steps=args.max_episode_steps,
+                      max_episode_steps=args.max_episode_steps, ablate_memory=args.ablate_memory,
                       note=lambda text: print(f"note: {text}", file=sys.stderr))
     result.update(checkpoint=data["path"], env=cfg.env, core=cfg.core,
                   global_step=data["global_step"])
@@ -224,7 +227,8 @@ def run_eval(args: EvalArgs) -> int:
     succ = "n/a" if result["success_rate"] is None else f"{result['success_rate']:.3f}"
     print(f"{cfg.core} on {cfg.env} after {data['global_step']:,} steps: success {succ}, return "
           f"{result['return_mean']:.3f} +- {result['return_std']:.3f} over {result['episodes']} "
-          f"episodes ({'greedy' if args.greedy else 'sampled'} actions)")
+          f"episodes ({'greedy' if args.greedy else 'sampled'} actions"
+          f"{', memory ablated' if args.ablate_memory else ''})")
     if args.video:
         v = result["video"]
         print(f"GIF: {v['file']} ({v['frames']} frames, return {v['return']:.3f})")
