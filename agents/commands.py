@@ -178,8 +178,8 @@ class EvalArgs:
     json: bool = False
     """Print the result as one JSON line."""
     ablate_memory: bool = False
-    """Zero the core state (and the previous action and reward) before every step: how much of
-    the agent's success rests on its memory (a memory task falls to chance)."""
+    """Zero the core state before every step: how much of the agent's success rests on its
+    memory (on a memory task it falls to chance or below)."""
 
     def __post_init__(self) -> None:
         for name, low in (("episodes", 1), ("num_envs", 1), ("max_episode_steps", 1)):

@@ -168,9 +168,8 @@ def evaluate(policy: ActorCritic, cfg, device: torch.device, episodes: int, gree
              max_episode_steps: int | None = None, note=None, ablate_memory: bool = False) -> dict:
     """Play ``episodes`` whole episodes in fresh environments (seed: cfg.seed + 10_000 by default).
 
-    ``ablate_memory``: the policy sees every step as an episode start, so the core state (and the
-    previous action and reward, a one-step memory) is zeroed before every step: a diagnosis of
-    how much the agent's success rests on its memory.
+    ``ablate_memory``: the core state is zeroed before every step (the previous action and reward
+    are still fed): a diagnosis of how much the agent's success rests on its memory.
 
     Up to ``episodes`` envs at once (``eval_envs``); each env plays a fixed quota of episodes, so that
     short episodes are not over-counted. ``note(text)`` receives a line when the envs were capped.
@@ -202,7 +201,9 @@ def evaluate(policy: ActorCritic, cfg, device: torch.device, episodes: int, gree
         reset = torch.ones(n, dtype=torch.bool, device=device)
         prev_a = prev_r = None
         while (done < quota).any():
-            out = policy.act(obs, state, reset | ablate_memory, prev_a, prev_r, greedy=greedy)
+            if ablate_memory:
+                state = policy.initial_state(n, device)
+            out = policy.act(obs, state, reset, prev_a, prev_r, greedy=greedy)
             next_obs, reward, term, trunc, info = venv.step(env_actions(venv.single_action_space, out.action))
             ended = np.logical_or(term, trunc)
             if "_episode" in info and info["_episode"].any():
@@ -268,7 +269,9 @@ def record_gif(policy: ActorCritic, cfg, device: torch.device, file: str, greedy
         prev_a = prev_r = None
         total, success, length = 0.0, None, 0
         for _ in range(max_steps):
-            out = policy.act(obs, state, reset | ablate_memory, prev_a, prev_r, greedy=greedy)
+            if ablate_memory:
+                state = policy.initial_state(n, device)
+            out = policy.act(obs, state, reset, prev_a, prev_r, greedy=greedy)
             next_obs, reward, term, trunc, info = venv.step(env_actions(venv.single_action_space, out.action))
             total += float(reward[0])
             length += 1
