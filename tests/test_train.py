@@ -93,6 +93,7 @@ def test_help_documents_every_flag(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     from dataclasses import fields
+
     from agents.config import TrainConfig
     docs = train.field_docs(TrainConfig)
     for f in fields(TrainConfig):
