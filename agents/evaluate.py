@@ -243,8 +243,9 @@ def record_gif(policy: ActorCritic, cfg, device: torch.device, file: str, greedy
 
     Raises ValueError when the environment cannot render RGB frames.
     """
-    import envs
     from PIL import Image
+
+    import envs
 
     seed = cfg.seed + 20_000 if seed is None else seed
     try:

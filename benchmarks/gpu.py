@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch
+import torch  # noqa: E402
 
 SHAPES = [(128, 256, 128, 256), (128, 64, 64, 128), (1024, 16, 128, 256)]  # T, B, D, H
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

@@ -7,7 +7,14 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from policies.actor_critic import ActorCritic, ActionHead, make_encoder, obs_to_tensor, obs_zeros, tree_map
+from policies.actor_critic import (
+    ActionHead,
+    ActorCritic,
+    make_encoder,
+    obs_to_tensor,
+    obs_zeros,
+    tree_map,
+)
 
 CORES = ["lstm", "gru", "urlstm", "urgru", "lstm:C-", "mlp"]
 
@@ -121,7 +128,7 @@ def test_act_steps_equal_evaluate_sequence(core, obs_name):
     prev_action = torch.cat([torch.randint(0, 4, (1, B)), actions[:-1]])
     prev_reward = torch.randn(T, B, dtype=torch.float64)
     logp_seq, ent_seq, v_seq = policy.evaluate(obs, state0, reset, actions, prev_action, prev_reward)
-    state = state0
+    state = prev_state = state0
     for t in range(T):
         o = tree_map(lambda x: x[t], obs)
         x = policy._inputs(o, reset[t], prev_action[t], prev_reward[t], (B,))
@@ -131,7 +138,7 @@ def test_act_steps_equal_evaluate_sequence(core, obs_name):
         torch.testing.assert_close(lp, logp_seq[t])
         torch.testing.assert_close(v, v_seq[t])
         # act() gives the same value and a state of the same structure
-        out = policy.act(o, state0 if t == 0 else prev_state, reset[t], prev_action[t], prev_reward[t])
+        out = policy.act(o, prev_state, reset[t], prev_action[t], prev_reward[t])
         torch.testing.assert_close(out.value, v)
         for a, b in zip(out.state, state):
             torch.testing.assert_close(a, b)

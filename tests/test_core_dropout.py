@@ -11,9 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from policies.cores import CORE_SPECS, make_core
+from policies.cores import CORE_SPECS, gated_lstm, make_core
 from policies.cores import base as core_base
-from policies.cores import gated_lstm
 from test_cores import backend  # noqa: F401  (the fixture: compiled scan, then Python scan)
 
 P = 0.5
@@ -32,7 +31,8 @@ def _reset(T=6, B=3):
 
 @pytest.mark.parametrize("cls,spec", [(nn.LSTM, "lstm"), (nn.GRU, "gru")])
 @pytest.mark.parametrize("T", [1, 6, 40])  # one step, a few steps, and past the fused-kernel switch
-def test_lstm_and_gru_equal_torch_with_dropout_in_train_and_eval_mode(cls, spec, T, backend):
+@pytest.mark.usefixtures("backend")
+def test_lstm_and_gru_equal_torch_with_dropout_in_train_and_eval_mode(cls, spec, T):
     """Same weights and seed: the very same dropout masks, so the very same outputs and states."""
     torch.manual_seed(0)
     ref = cls(5, 8, 3, dropout=P)
@@ -58,7 +58,8 @@ def test_lstm_and_gru_equal_torch_with_dropout_in_train_and_eval_mode(cls, spec,
 
 
 @pytest.mark.parametrize("spec", CORE_SPECS)
-def test_eval_mode_is_no_dropout_and_train_mode_drops(spec, backend):
+@pytest.mark.usefixtures("backend")
+def test_eval_mode_is_no_dropout_and_train_mode_drops(spec):
     torch.manual_seed(0)
     plain = make_core(spec, 5, 8, 2)
     dropped = make_core(spec, 5, 8, 2, dropout=0.9)
@@ -82,7 +83,8 @@ def test_eval_mode_is_no_dropout_and_train_mode_drops(spec, backend):
 
 @pytest.mark.parametrize("spec", FAMILIES)
 @pytest.mark.parametrize("layers", [1, 3])
-def test_dropout_acts_between_layers_only_never_after_the_last(spec, layers, monkeypatch, backend):
+@pytest.mark.usefixtures("backend")
+def test_dropout_acts_between_layers_only_never_after_the_last(spec, layers, monkeypatch):
     """F.dropout runs num_layers - 1 times in training mode, on [T, B, H] layer outputs, and not at
     all in eval mode; with one layer the output equals the dropout-free core's."""
     calls = []
@@ -115,7 +117,8 @@ def _wrap(between, spy):
 
 
 @pytest.mark.parametrize("p", [0.25, 0.5, 0.9])
-def test_mask_statistics_between_the_layers_of_the_grid_scan(p, backend):
+@pytest.mark.usefixtures("backend")
+def test_mask_statistics_between_the_layers_of_the_grid_scan(p):
     """The next layer's input is the previous layer's output with a fraction p of its elements
     zeroed and the rest scaled by 1 / (1 - p), independently over steps, batch and units."""
     torch.manual_seed(0)
@@ -145,7 +148,8 @@ def test_mask_statistics_between_the_layers_of_the_grid_scan(p, backend):
 
 
 @pytest.mark.parametrize("spec", ["urlstm", "lstm:--", "urgru", "gru:C-"])
-def test_grid_cores_in_train_mode_equal_their_layers_with_dropout_between(spec, backend):
+@pytest.mark.usefixtures("backend")
+def test_grid_cores_in_train_mode_equal_their_layers_with_dropout_between(spec):
     """A 2-layer grid core == layer 0 alone, F.dropout with the same seed, layer 1 alone."""
     torch.manual_seed(0)
     core = make_core(spec, 5, 8, 2, dropout=P).train()

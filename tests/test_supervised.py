@@ -19,7 +19,14 @@ from supervised.__main__ import main
 from supervised.adding import AddingTask, adding_batch
 from supervised.config import Config, ConfigError
 from supervised.copy_task import BLANK, CUE, CopyTask, copy_batch
-from supervised.datasets import BadData, MissingData, load_cifar10, load_digits, load_mnist, read_idx
+from supervised.datasets import (
+    BadData,
+    MissingData,
+    load_cifar10,
+    load_digits,
+    load_mnist,
+    read_idx,
+)
 from supervised.grid import GridConfig, find_runs, run_grid
 from supervised.pixels import PixelsTask, pixel_permutation
 from supervised.trainer import train

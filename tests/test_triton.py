@@ -23,9 +23,9 @@ IN_PROCESS = not torch.cuda.is_available() and "triton" not in sys.modules
 if IN_PROCESS:  # kept for the whole process: triton imports parts of itself lazily, each reading it
     os.environ["TRITON_INTERPRET"] = "1"
 triton = pytest.importorskip("triton", reason="triton is not installed (it is in the test extra, Linux only)")
-from policies.cores import CORE_SPECS, gated_gru, gated_lstm, make_core, triton_scan
-from policies.cores import triton_gru as TG
-from policies.cores import triton_lstm as TL
+from policies.cores import CORE_SPECS, gated_gru, gated_lstm, make_core, triton_scan  # noqa: E402
+from policies.cores import triton_gru as TG  # noqa: E402
+from policies.cores import triton_lstm as TL  # noqa: E402
 
 LSTM_GRID = [s for s in CORE_SPECS if s.startswith("lstm:")]
 GRU_GRID = [s for s in CORE_SPECS if s.startswith("gru:")]
