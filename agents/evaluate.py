@@ -270,8 +270,6 @@ def record_gif(policy: ActorCritic, cfg, device: torch.device, file: str, greedy
         prev_a = prev_r = None
         total, success, length = 0.0, None, 0
         for _ in range(max_steps):
-            if ablate_memory:
-                state = policy.initial_state(n, device)
             out = policy.act(obs, state, reset, prev_a, prev_r, greedy=greedy)
             next_obs, reward, term, trunc, info = venv.step(env_actions(venv.single_action_space, out.action))
             total += float(reward[0])

@@ -46,8 +46,8 @@ from torch import nn
 from agents import checkpoint as ckpt
 from agents.actors import ActorFailedError, Buffers, make_pool
 from agents.config import TrainConfig
-from agents.logger import Logger
 from agents.evaluate import finish_run
+from agents.logger import Logger
 from agents.ppo import NonFiniteLossError, _log, _postfix, _StopFlag, interim_eval
 from agents.returns import vtrace
 from agents.rollout import Carry, EpisodeStats, Timers

@@ -12,12 +12,11 @@ import os
 import tempfile
 
 import torch
+from gymnasium import spaces
 
 from agents.config import TrainConfig
 from agents.evaluate import ACTIVATION_FLOATS, free_memory, gib
 from agents.evaluate import space_elements as _elements
-from gymnasium import spaces
-
 from policies.actor_critic import ActionHead, make_encoder
 
 ENV_BYTES = 64 << 10  # one env's host memory, generous: a MiniGrid env measured 22 KiB, a native task's row far less

@@ -9,11 +9,11 @@ imports nothing else of the project but ``policies.cores``) may import it.
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
 import re
-import atexit
 import subprocess
 import sys
 import time

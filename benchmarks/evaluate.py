@@ -33,7 +33,6 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import train  # noqa: E402
 from agents import commands
 from agents import evaluate as ev  # noqa: E402
 from agents.config import TrainConfig  # noqa: E402

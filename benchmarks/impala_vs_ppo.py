@@ -27,12 +27,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-import train  # noqa: E402
-from agents import commands
-from agents import runfolder
-from agents.config import IMPALA_ENVS_PER_ACTOR
-from agents import impala, ppo  # noqa: E402
-from agents.config import TrainConfig  # noqa: E402
+from agents import commands, impala, ppo, runfolder  # noqa: E402
+from agents.config import (
+    IMPALA_ENVS_PER_ACTOR,
+    TrainConfig,  # noqa: E402
+)
 from agents.logger import make_run_dir  # noqa: E402
 from policies.cores.kernels import cpu_info  # noqa: E402
 

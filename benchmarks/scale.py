@@ -37,10 +37,11 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
-import train  # noqa: E402
-from agents import commands
-from agents import runfolder
-from agents import impala  # noqa: E402
+from agents import (  # noqa: E402
+    commands,
+    impala,
+    runfolder,
+)
 from agents.config import TrainConfig  # noqa: E402
 from agents.logger import make_run_dir  # noqa: E402
 from policies.cores.kernels import cpu_info  # noqa: E402

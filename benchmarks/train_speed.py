@@ -21,12 +21,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-import train  # noqa: E402
-from agents import commands
-from agents import runfolder
-from agents.config import parse_kwargs
-from agents import ppo  # noqa: E402
-from agents.config import TrainConfig  # noqa: E402
+from agents import (
+    commands,
+    ppo,  # noqa: E402
+    runfolder,
+)
+from agents.config import (
+    TrainConfig,  # noqa: E402
+    parse_kwargs,
+)
 from policies.cores.kernels import cpu_info  # noqa: E402
 
 

@@ -11,8 +11,7 @@ import pytest
 import torch
 from torch import multiprocessing as mp
 
-from agents import commands
-from agents import distributed, ppo
+from agents import commands, distributed, ppo
 from agents.config import TrainConfig
 from agents.returns import gae
 from agents.rollout import EpisodeStats, Timers, initial_carry

@@ -18,8 +18,7 @@ import torch
 from gymnasium import spaces
 
 import train
-from agents import commands
-from agents import actors, impala, ppo
+from agents import actors, commands, impala, ppo
 from agents.config import ConfigError, TrainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

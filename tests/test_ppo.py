@@ -8,11 +8,10 @@ import pytest
 import torch
 
 import train
-from agents import commands
-from agents.runfolder import UsageError
 from agents import checkpoint as ckpt
-from agents import ppo
+from agents import commands, ppo
 from agents.config import TrainConfig
+from agents.runfolder import UsageError
 
 TINY = ["--env", "urlstm/TMazePassive-v0", "--env-kwargs", "length=3", "--num-envs", "4", "--num-steps", "8",
         "--seq-len", "4", "--num-minibatches", "2", "--update-epochs", "2", "--hidden-size", "16",

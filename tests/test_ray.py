@@ -14,8 +14,7 @@ import pytest
 import torch
 
 import train
-from agents import commands
-from agents import config, impala
+from agents import commands, config, impala
 from agents.config import ConfigError, TrainConfig
 from test_impala import ROOT, _cmdline, descendants, running, wait_until_gone
 

@@ -10,9 +10,8 @@ import pytest
 import torch
 
 import train
-from agents import commands
 from agents import checkpoint as ckpt
-from agents import resources
+from agents import commands, resources
 
 TINY = ["--env-kwargs", "length=3", "--num-envs", "4", "--num-steps", "8", "--seq-len", "8",
         "--num-minibatches", "2", "--update-epochs", "1", "--hidden-size", "16", "--embed-size", "16",
