@@ -82,13 +82,29 @@ def test_ctrl_c_during_a_run_saves_and_exits_0(tmp_path):
 PLACEHOLDER = re.compile(r"<|\.\.\.|\bN\b|\bL\b|\bID\b|\bRUN\b|\bNAME\b|\bS\b|\bG\b|L\+1")
 
 
+def code_blocks(text: str) -> list[tuple[str, str]]:
+    """(language, body) of every fenced code block of a Markdown page."""
+    blocks, lang, body = [], None, []
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            if lang is None:
+                lang, body = line.strip()[3:].strip(), []
+            else:
+                blocks.append((lang, "\n".join(body)))
+                lang = None
+        elif lang is not None:
+            body.append(line)
+    return blocks
+
+
 def documented_commands() -> list[tuple[str, list[str]]]:
-    """(page, argv after ``train.py``) of every ``python train.py`` line in a code block of
+    """(page, argv after ``train.py``) of every ``train.py`` line in a shell code block of
     README.md and docs/, backslash continuations joined; lines with placeholders are left out."""
     found = []
     for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
-        text = page.read_text()
-        for block in re.findall(r"^```(?:bash|sh|console)?\n(.*?)^```", text, flags=re.M | re.S):
+        for lang, block in code_blocks(page.read_text()):
+            if lang not in ("", "bash", "sh", "console", "shell"):
+                continue
             for line in block.replace("\\\n", " ").splitlines():
                 line = line.split(" #")[0].strip()
                 m = re.search(r"\btrain\.py\b(.*)$", line)
