@@ -1,4 +1,4 @@
-"""Memory cores, the recurrent actor-critic, and the public API to run and export a trained policy."""
+"""Memory cores, the recurrent actor-critic, and the API to run and export a trained policy."""
 
 from policies.deploy import PolicyLoadError, PolicyState, RecurrentPolicy, load_policy
 

@@ -328,9 +328,9 @@ class ActorCritic(nn.Module):
         super().__init__()
         self.observation_space, self.action_space = observation_space, action_space
         # every constructor argument but the spaces, as plain data (see ``describe``)
-        self.arguments = dict(core=core, hidden_size=hidden_size, num_layers=num_layers,
-                              embed_size=embed_size, prev_action_reward=prev_action_reward,
-                              core_options=dict(core_options or {}), head_gain=head_gain)
+        self.arguments = {"core": core, "hidden_size": hidden_size, "num_layers": num_layers,
+                          "embed_size": embed_size, "prev_action_reward": prev_action_reward,
+                          "core_options": dict(core_options or {}), "head_gain": head_gain}
         self.encoder = make_encoder(observation_space)
         self.head = ActionHead(action_space, hidden_size, head_gain)
         self.prev_action_reward = prev_action_reward

@@ -1,4 +1,4 @@
-"""A trained policy in your own loop: ``load_policy(run)`` and ``policy.act(obs, state, episode_start)``.
+"""A trained policy in your own loop: ``load_policy(run)``, then ``policy.act(obs, state, start)``.
 
 A checkpoint written by ``train.py`` holds, next to the weights, the description of its network
 (``ActorCritic.describe``: constructor arguments and the observation and action spaces as plain
@@ -50,9 +50,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         data = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        reason = " ".join(str(err).split())[:160]
-        raise PolicyLoadError(f"{file} is not a readable checkpoint ({type(err).__name__}"
-                              f"{': ' + reason if reason else ''})") from None
+        raise PolicyLoadError(f"{file} is not a readable checkpoint ({type(err).__name__}: "
+                              f"{one_line(err)})") from None
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
         raise PolicyLoadError(f"{file} is not a urlstm checkpoint")
     if "policy" not in data:
@@ -89,7 +88,8 @@ class RecurrentPolicy:
     def initial_state(self, num_envs: int) -> PolicyState:
         """The state before any observation, for ``num_envs`` envs (zeros)."""
         head = self.model.head
-        prev = torch.zeros(num_envs, *head.action_shape(), dtype=head.action_dtype(), device=self.device)
+        prev = torch.zeros(num_envs, *head.action_shape(), dtype=head.action_dtype(),
+                           device=self.device)
         return PolicyState(self.model.initial_state(num_envs, self.device), prev)
 
     @torch.no_grad()
@@ -115,31 +115,38 @@ class RecurrentPolicy:
         Raises:
             ValueError: shapes that do not match the spaces, or a missing ``reward``.
         """
-        start = torch.as_tensor(np.asarray(episode_start) if not isinstance(episode_start, torch.Tensor)
-                                else episode_start, device=self.device).bool().reshape(-1)
+        start = _tensor(episode_start, self.device).bool().reshape(-1)
         n = start.shape[0]
         x = obs_to_tensor(self.observation_space, obs, self.device)
         _check_batch(self.observation_space, x, n, "obs")
         if reward is None:
             if self.uses_reward and not bool(start.all()):
-                raise ValueError("this policy reads the previous reward: pass reward= (the reward that "
-                                 "came with obs, [B] floats) wherever episode_start is False")
+                raise ValueError("this policy reads the previous reward: pass reward= (the reward "
+                                 "that came with obs, [B] floats) wherever episode_start is False")
             reward = torch.zeros(n, device=self.device)
-        reward = torch.as_tensor(np.asarray(reward) if not isinstance(reward, torch.Tensor) else reward,
-                                 dtype=torch.float32, device=self.device).reshape(-1)
+        reward = _tensor(reward, self.device).float().reshape(-1)
         if reward.shape[0] != n or state.prev_action.shape[0] != n:
-            raise ValueError(f"reward has {reward.shape[0]} entries and the state {state.prev_action.shape[0]} "
-                             f"envs; episode_start has {n}")
+            raise ValueError(f"reward has {reward.shape[0]} entries and the state "
+                             f"{state.prev_action.shape[0]} envs; episode_start has {n}")
         out = self.model.act(x, state.core, start, state.prev_action, reward, greedy=greedy)
         return self.env_action(out.action), PolicyState(tuple(out.state), out.action)
 
     def env_action(self, action: torch.Tensor) -> np.ndarray:
-        """The network's action [B, ...] -> what the env takes: a numpy array of the action space's
-        dtype, with a Discrete / MultiDiscrete ``start`` added and Box actions clipped to the bounds."""
+        """The network's action [B, ...] -> what the env takes: a numpy array of the action
+        space's dtype, a Discrete / MultiDiscrete ``start`` added, Box actions clipped to bounds."""
         space, a = self.action_space, action.cpu().numpy()
         if isinstance(space, (spaces.Discrete, spaces.MultiDiscrete)):
             return (a + np.asarray(space.start)).astype(space.dtype)
         return np.clip(a, space.low, space.high).astype(space.dtype)
+
+
+def one_line(err: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line, cut at ``limit`` characters."""
+    return " ".join(str(err).split())[:limit] or type(err).__name__
+
+
+def _tensor(x: Any, device: torch.device) -> torch.Tensor:
+    return (x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))).to(device)
 
 
 def _check_batch(space: spaces.Space, x: Obs, n: int, name: str) -> None:
@@ -153,28 +160,29 @@ def _check_batch(space: spaces.Space, x: Obs, n: int, name: str) -> None:
         return
     shape = () if isinstance(space, spaces.Discrete) else tuple(space.shape)
     if tuple(x.shape) != (n, *shape):
-        raise ValueError(f"{name} has shape {tuple(x.shape)}, expected {(n, *shape)} (a leading batch "
-                         f"dimension of {n} = len(episode_start))")
+        raise ValueError(f"{name} has shape {tuple(x.shape)}, expected {(n, *shape)} (a leading "
+                         f"batch dimension of {n} = len(episode_start))")
 
 
-def policy_from_checkpoint(data: dict[str, Any], device: torch.device | str = "cpu") -> RecurrentPolicy:
+def policy_from_checkpoint(data: dict[str, Any],
+                           device: torch.device | str = "cpu") -> RecurrentPolicy:
     """The policy of an already loaded checkpoint dict (see ``read_checkpoint``).
 
     Raises:
         PolicyLoadError: the description does not build, or the weights do not fit it.
     """
     where = data.get("path", "the checkpoint")
-    with torch.random.fork_rng(devices=[]):  # building initialises weights: leave the caller's RNG as it was
+    with torch.random.fork_rng(devices=[]):  # building draws initial weights: keep the caller's RNG
         try:
             model = ActorCritic.from_description(data["policy"])
         except (ValueError, TypeError, KeyError) as err:
             raise PolicyLoadError(f"{where}: its policy description does not build "
-                                  f"({' '.join(str(err).split())[:200]})") from None
+                                  f"({one_line(err)})") from None
     try:
         model.load_state_dict(data["model"])
     except RuntimeError as err:
         raise PolicyLoadError(f"{where}: the weights do not fit the policy description "
-                              f"({' '.join(str(err).split())[:200]})") from None
+                              f"({one_line(err)})") from None
     return RecurrentPolicy(model, data.get("config"), device)
 
 

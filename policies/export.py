@@ -34,7 +34,7 @@ from gymnasium.vector.utils import batch_space
 from torch import nn
 
 from policies.actor_critic import ActorCritic, obs_to_tensor
-from policies.deploy import RecurrentPolicy, load_policy
+from policies.deploy import RecurrentPolicy, load_policy, one_line
 
 FORMATS = ("onnx", "torchscript")
 OPSET = 17
@@ -47,9 +47,11 @@ class ExportError(ValueError):
 def _leaves(space: spaces.Space, prefix: str = "obs") -> list[tuple[str, spaces.Space]]:
     """(input name, leaf space) of every leaf of an observation space, depth first."""
     if isinstance(space, spaces.Dict):
-        return [leaf for key, sub in space.spaces.items() for leaf in _leaves(sub, f"{prefix}.{key}")]
+        return [leaf for key, sub in space.spaces.items()
+                for leaf in _leaves(sub, f"{prefix}.{key}")]
     if isinstance(space, spaces.Tuple):
-        return [leaf for i, sub in enumerate(space.spaces) for leaf in _leaves(sub, f"{prefix}.{i}")]
+        return [leaf for i, sub in enumerate(space.spaces)
+                for leaf in _leaves(sub, f"{prefix}.{i}")]
     return [(prefix, space)]
 
 
@@ -104,8 +106,8 @@ class OneStep(nn.Module):
     def example_inputs(self, batch_size: int = 2) -> tuple[torch.Tensor, ...]:
         """Random inputs of every kind (half of the envs at an episode start)."""
         m = self.model
-        obs = obs_to_tensor(m.observation_space, batch_space(m.observation_space, batch_size).sample(), "cpu")
-        leaves = [obs] if not isinstance(obs, (dict, tuple)) else _flat_tree(obs)
+        sample = batch_space(m.observation_space, batch_size).sample()
+        leaves = _flat_tree(obs_to_tensor(m.observation_space, sample, "cpu"))
         state = [torch.randn_like(s) for s in m.initial_state(batch_size, "cpu")]
         action = torch.as_tensor(batch_space(m.action_space, batch_size).sample())
         if m.head.kind != "gaussian":
@@ -115,11 +117,15 @@ class OneStep(nn.Module):
 
 
 def _flat_tree(tree: Any) -> list[torch.Tensor]:
-    items = tree.values() if isinstance(tree, dict) else tree
-    return [leaf for item in items for leaf in (_flat_tree(item) if isinstance(item, (dict, tuple)) else [item])]
+    """The leaves of a tensor tree, in the order of ``_leaves``."""
+    if isinstance(tree, (dict, tuple)):
+        items = tree.values() if isinstance(tree, dict) else tree
+        return [leaf for item in items for leaf in _flat_tree(item)]
+    return [tree]
 
 
-def export(policy: RecurrentPolicy | ActorCritic, path: str | os.PathLike, format: str = "onnx") -> str:
+def export(policy: RecurrentPolicy | ActorCritic, path: str | os.PathLike,
+           format: str = "onnx") -> str:
     """Write one step of ``policy`` to ``path`` as ONNX or TorchScript (see the module docstring).
 
     Args:
@@ -138,8 +144,10 @@ def export(policy: RecurrentPolicy | ActorCritic, path: str | os.PathLike, forma
         raise ExportError(f"unknown export format {format!r}; use one of {', '.join(FORMATS)}")
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder) or not os.access(folder, os.W_OK) or os.path.isdir(path):
-        raise ExportError(f"cannot write {path}: {'it is a folder' if os.path.isdir(path) else 'no writable folder ' + folder}")
+    if os.path.isdir(path):
+        raise ExportError(f"cannot write {path}: it is a folder")
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise ExportError(f"cannot write {path}: no writable folder {folder}")
     step = OneStep(policy.model if isinstance(policy, RecurrentPolicy) else policy)
     example = step.example_inputs()
     tmp = f"{path}.tmp{os.getpid()}"
@@ -156,9 +164,10 @@ def export(policy: RecurrentPolicy | ActorCritic, path: str | os.PathLike, forma
     except OSError as err:
         raise ExportError(f"cannot write {path}: {err.strerror or type(err).__name__}") from None
     except ImportError as err:
-        raise ExportError(f"ONNX export needs the onnx package: pip install 'urlstm[export]' ({err.name})") from None
-    except Exception as err:  # noqa: BLE001 - a tracer or exporter failure: one line, not a traceback
-        raise ExportError(f"export to {format} failed: {type(err).__name__}: {' '.join(str(err).split())[:200]}") from None
+        raise ExportError(f"ONNX export needs {err.name}: pip install 'urlstm[export]'") from None
+    except Exception as err:  # noqa: BLE001 - a tracer or exporter failure: one line, no traceback
+        raise ExportError(f"export to {format} failed: {type(err).__name__}: "
+                          f"{one_line(err)}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -178,7 +187,8 @@ def _onnx_export(step: OneStep, example: tuple[torch.Tensor, ...], file: str) ->
                       dynamic_axes=dynamic, opset_version=OPSET, do_constant_folding=True, **kwargs)
 
 
-def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, format: str = "onnx") -> dict[str, Any]:
+def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike,
+                      format: str = "onnx") -> dict[str, Any]:
     """Load a run folder or checkpoint and export its policy: what ``train.py export`` runs.
 
     Returns:
@@ -193,5 +203,5 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, for
     start = time.perf_counter()
     file = export(policy, out, format)
     step = OneStep(policy.model)
-    return {"file": file, "format": format, "inputs": step.input_names(), "outputs": step.output_names(),
-            "seconds": round(time.perf_counter() - start, 3)}
+    return {"file": file, "format": format, "inputs": step.input_names(),
+            "outputs": step.output_names(), "seconds": round(time.perf_counter() - start, 3)}

@@ -1,8 +1,8 @@
 """Gymnasium spaces <-> plain JSON data, so a checkpoint can rebuild its policy without the env.
 
 Covers Box, Discrete, MultiDiscrete, MultiBinary, Dict and Tuple. Every value is a dict, list,
-str, int, float or bool; non-finite Box bounds are written as the strings ``"inf"``, ``"-inf"``
-and ``"nan"`` so the result is strict JSON; a Box whose bound is one number everywhere stores that
+str, int, float or bool; infinite Box bounds are written as the strings ``"inf"`` and ``"-inf"``
+so the result is strict JSON; a Box whose bound is one number everywhere stores that
 number once.
 """
 
@@ -14,19 +14,19 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-_NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+_INFINITE = {"inf": math.inf, "-inf": -math.inf}
 
 
-def _number(x: float | int) -> float | int | str:
-    if isinstance(x, float) and not math.isfinite(x):
-        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+def _number(x: float) -> float | str:
+    if isinstance(x, float) and math.isinf(x):
+        return "inf" if x > 0 else "-inf"
     return x
 
 
 def _bound(array: np.ndarray) -> Any:
     """A Box bound: one number when constant, else nested lists."""
     flat = array.reshape(-1)
-    if flat.size and (np.all(flat == flat[0]) or np.all(np.isnan(flat))):
+    if flat.size and np.all(flat == flat[0]):
         return _number(flat[0].item())
     return _encode_nested(array.tolist())
 
@@ -38,7 +38,7 @@ def _encode_nested(value: Any) -> Any:
 def _decode_nested(value: Any) -> Any:
     if isinstance(value, list):
         return [_decode_nested(v) for v in value]
-    return _NONFINITE[value] if isinstance(value, str) else value
+    return _INFINITE[value] if isinstance(value, str) else value
 
 
 def space_to_dict(space: spaces.Space) -> dict[str, Any]:
@@ -56,11 +56,12 @@ def space_to_dict(space: spaces.Space) -> dict[str, Any]:
         n = space.n
         return {"type": "MultiBinary", "n": int(n) if np.ndim(n) == 0 else [int(k) for k in n]}
     if isinstance(space, spaces.Dict):
-        return {"type": "Dict", "spaces": [[key, space_to_dict(s)] for key, s in space.spaces.items()]}
+        return {"type": "Dict",
+                "spaces": [[key, space_to_dict(s)] for key, s in space.spaces.items()]}
     if isinstance(space, spaces.Tuple):
         return {"type": "Tuple", "spaces": [space_to_dict(s) for s in space.spaces]}
-    raise ValueError(f"cannot describe space {space}: use Box, Discrete, MultiDiscrete, MultiBinary, "
-                     "Dict or Tuple")
+    raise ValueError(f"cannot describe space {space}: use Box, Discrete, MultiDiscrete, "
+                     "MultiBinary, Dict or Tuple")
 
 
 def space_from_dict(data: dict[str, Any]) -> spaces.Space:
@@ -70,9 +71,8 @@ def space_from_dict(data: dict[str, Any]) -> spaces.Space:
         if kind == "Box":
             shape = tuple(data["shape"])
             dtype = np.dtype(data["dtype"])
-            low, high = (np.asarray(_decode_nested(data[k]), dtype=np.float64) for k in ("low", "high"))
-            if dtype.kind in "iu":
-                low, high = low.astype(dtype), high.astype(dtype)
+            low, high = (np.broadcast_to(np.asarray(_decode_nested(data[k]), dtype), shape).copy()
+                         for k in ("low", "high"))
             return spaces.Box(low=low, high=high, shape=shape, dtype=dtype)
         if kind == "Discrete":
             return spaces.Discrete(data["n"], start=data["start"], dtype=data["dtype"])
@@ -82,9 +82,11 @@ def space_from_dict(data: dict[str, Any]) -> spaces.Space:
         if kind == "MultiBinary":
             return spaces.MultiBinary(data["n"])
         if kind == "Dict":
-            return spaces.Dict([(key, space_from_dict(sub)) for key, sub in data["spaces"]])  # keeps order
+            # pairs, not a dict: gymnasium sorts a dict's keys, the encoder needs their order
+            return spaces.Dict([(key, space_from_dict(sub)) for key, sub in data["spaces"]])
         if kind == "Tuple":
             return spaces.Tuple(tuple(space_from_dict(sub) for sub in data["spaces"]))
     except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"bad space description {str(data)[:120]}: {type(err).__name__}: {err}") from None
+        raise ValueError(f"bad space description {str(data)[:120]}: "
+                         f"{type(err).__name__}: {err}") from None
     raise ValueError(f"unknown space type {kind!r} in a space description")

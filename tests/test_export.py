@@ -4,19 +4,21 @@ value and state; bad formats and outputs give one-line errors."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 from gymnasium import spaces
+from gymnasium.vector.utils import batch_space
 
 import envs
 from policies.actor_critic import ActorCritic, obs_to_tensor
 from policies.export import ExportError, OneStep, export, export_checkpoint
 
-ort = pytest.importorskip("onnxruntime")
-
 CORES = ["urlstm", "urgru", "lstm", "gru", "lstm:CR", "mlp"]
-TOL = dict(atol=1e-5, rtol=1e-5)
+TOL = {"atol": 1e-5, "rtol": 1e-5}
 
 
 def live_step(model: ActorCritic, obs, state, start, prev_action, prev_reward):
@@ -37,7 +39,9 @@ class Runners:
         options = ort.SessionOptions()
         options.intra_op_num_threads = options.inter_op_num_threads = 1
         self.onnx = ort.InferenceSession(export(model, tmp_path / "p.onnx"), options)
-        self.script = torch.jit.load(export(model, tmp_path / "p.pt", "torchscript"))
+        with warnings.catch_warnings():  # torch.jit.load's deprecation note
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.script = torch.jit.load(export(model, tmp_path / "p.pt", "torchscript"))
 
     def __call__(self, *inputs: torch.Tensor):
         feed = {name: x.numpy() for name, x in zip(self.names, inputs)}
@@ -96,21 +100,22 @@ def test_dict_observation_and_box_actions_with_random_resets(core, tmp_path):
     run = Runners(model, tmp_path)
     assert run.names[:3] == ["obs.image", "obs.pos", "obs.vec"]
     gen = torch.Generator().manual_seed(2)
-    batch = spaces.Dict({k: s for k, s in obs_space.spaces.items()})
+    batch = batch_space(obs_space, 3)
     batch.seed(3)
     state = model.initial_state(3, "cpu")
     prev_action, prev_reward = torch.zeros(3, 2), torch.zeros(3)
     with torch.no_grad():
         for t in range(12):
-            raw = [batch.sample() for _ in range(3)]
-            x = obs_to_tensor(obs_space, {k: np.stack([r[k] for r in raw]) for k in obs_space.spaces}, "cpu")
+            x = obs_to_tensor(obs_space, batch.sample(), "cpu")
             start = torch.rand(3, generator=gen) < 0.3
             want = live_step(model, x, state, start, prev_action, prev_reward)
-            onnx_out, script_out = run(x["image"], x["pos"], x["vec"], *state, start, prev_action, prev_reward)
+            onnx_out, script_out = run(x["image"], x["pos"], x["vec"], *state, start, prev_action,
+                                       prev_reward)
             assert_same(onnx_out, want, f"onnx step {t}")
             assert_same(script_out, want, f"torchscript step {t}")
             state = want[3:]
-            prev_action, prev_reward = want[0] + torch.randn(3, 2, generator=gen), torch.randn(3, generator=gen)
+            prev_action = want[0] + torch.randn(3, 2, generator=gen)
+            prev_reward = torch.randn(3, generator=gen)
 
 
 def test_the_reset_clears_state_and_previous_action_and_reward(tmp_path):
@@ -118,15 +123,16 @@ def test_the_reset_clears_state_and_previous_action_and_reward(tmp_path):
     model = ActorCritic(spaces.Box(-1.0, 1.0, (3,), np.float32), spaces.Discrete(3), core="urlstm",
                         hidden_size=8, embed_size=8).eval()
     run = Runners(model, tmp_path)
-    obs = torch.randn(2, 3)
-    zeros = (torch.zeros(1, 2, 8), torch.zeros(1, 2, 8), torch.zeros(2, dtype=torch.long), torch.zeros(2))
-    noisy = (torch.randn(1, 2, 8), torch.randn(1, 2, 8), torch.tensor([1, 2]), torch.tensor([0.5, -1.0]))
-    start = torch.ones(2, dtype=torch.bool)
-    for fresh, carried in zip(run(obs, *zeros[:2], start, *zeros[2:]), run(obs, *noisy[:2], start, *noisy[2:])):
+    obs, start = torch.randn(2, 3), torch.ones(2, dtype=torch.bool)
+    zeros = (torch.zeros(1, 2, 8), torch.zeros(1, 2, 8), start, torch.zeros(2, dtype=torch.long),
+             torch.zeros(2))
+    noisy = (torch.randn(1, 2, 8), torch.randn(1, 2, 8), start, torch.tensor([1, 2]),
+             torch.tensor([0.5, -1.0]))
+    for fresh, carried in zip(run(obs, *zeros), run(obs, *noisy)):  # onnx, then torchscript
         for a, b in zip(fresh, carried):
             torch.testing.assert_close(a, b)
-    moved = run(obs, *noisy[:2], ~start, *noisy[2:])[0]
-    assert not torch.allclose(moved[0], run(obs, *zeros[:2], start, *zeros[2:])[0][0])
+    carried_on = run(obs, *noisy[:2], ~start, *noisy[3:])[0]
+    assert not torch.allclose(carried_on[0], run(obs, *zeros)[0][0])
 
 
 def test_bad_format_and_unwritable_output_are_one_line_errors(tmp_path):
