@@ -56,8 +56,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise PolicyLoadError(f"{file} is not a urlstm checkpoint")
     if "policy" not in data:
         raise PolicyLoadError(f"{file} holds no policy description (written by an older version); "
-                              "evaluate it with train.py eval, or train it on for one update with "
-                              "this version to rewrite it")
+                              "resume the run for one more update to rewrite it")
     data["path"] = file
     return data
 
