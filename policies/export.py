@@ -11,6 +11,8 @@ The graph (ONNX or TorchScript) has the inputs, in this order,
     prev_action          [B, *action_shape] the network's previous action (int64 index from 0,
                          without a Discrete space's ``start``; float32 for Box)
     prev_reward          [B] float32 the reward that came with ``obs``
+                         (these two are absent where the network does not read them:
+                         a policy trained with ``--no-prev-action-reward``)
 
 and the outputs ``logits`` [B, sum(nvec)] (Discrete / MultiDiscrete; one block of unnormalised
 log-probabilities per component) or ``action_mean`` and ``action_log_std`` [B, action_dim]
@@ -81,8 +83,8 @@ class OneStep(nn.Module):
 
     def input_names(self) -> list[str]:
         return ([name for name, _ in _leaves(self.model.observation_space)]
-                + [f"state_{i}" for i in range(self.num_state)]
-                + ["episode_start", "prev_action", "prev_reward"])
+                + [f"state_{i}" for i in range(self.num_state)] + ["episode_start"]
+                + (["prev_action", "prev_reward"] if self.model.prev_action_reward else []))
 
     def output_names(self) -> list[str]:
         head = ["action_mean", "action_log_std"] if self.gaussian else ["logits"]
@@ -92,7 +94,8 @@ class OneStep(nn.Module):
         m = self.model
         obs = _unflatten(m.observation_space, list(inputs[:self.num_obs]))
         state = inputs[self.num_obs:self.num_obs + self.num_state]
-        episode_start, prev_action, prev_reward = inputs[self.num_obs + self.num_state:]
+        episode_start, *previous = inputs[self.num_obs + self.num_state:]
+        prev_action, prev_reward = previous if previous else (None, None)
         reset = episode_start.bool()
         x = m._inputs(obs, reset, prev_action, prev_reward, (reset.shape[0],))   # [B, E]
         # the reset convention applied before the step, so the scan itself never branches on data
@@ -113,7 +116,8 @@ class OneStep(nn.Module):
         if m.head.kind != "gaussian":
             action = action - torch.as_tensor(getattr(m.action_space, "start", 0))
         start = torch.arange(batch_size) % 2 == 0
-        return (*leaves, *state, start, action.to(m.head.action_dtype()), torch.randn(batch_size))
+        previous = (action.to(m.head.action_dtype()), torch.randn(batch_size))
+        return (*leaves, *state, start, *(previous if m.prev_action_reward else ()))
 
 
 def _flat_tree(tree: Any) -> list[torch.Tensor]:

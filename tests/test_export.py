@@ -118,6 +118,24 @@ def test_dict_observation_and_box_actions_with_random_resets(core, tmp_path):
             prev_reward = torch.randn(3, generator=gen)
 
 
+def test_a_policy_without_previous_action_and_reward_has_no_such_inputs(tmp_path):
+    torch.manual_seed(0)
+    model = ActorCritic(spaces.Box(-1.0, 1.0, (3,), np.float32), spaces.MultiDiscrete([3, 2]),
+                        core="lstm", hidden_size=8, embed_size=8, prev_action_reward=False).eval()
+    run = Runners(model, tmp_path)
+    assert run.names == ["obs", "state_0", "state_1", "episode_start"]
+    assert [i.name for i in run.onnx.get_inputs()] == run.names
+    state = model.initial_state(4, "cpu")
+    with torch.no_grad():
+        for t in range(6):
+            obs, start = torch.randn(4, 3), torch.rand(4) < 0.3
+            want = live_step(model, obs, state, start, None, None)
+            onnx_out, script_out = run(obs, *state, start)
+            assert_same(onnx_out, want, f"onnx step {t}")
+            assert_same(script_out, want, f"torchscript step {t}")
+            state = want[2:]
+
+
 def test_the_reset_clears_state_and_previous_action_and_reward(tmp_path):
     torch.manual_seed(0)
     model = ActorCritic(spaces.Box(-1.0, 1.0, (3,), np.float32), spaces.Discrete(3), core="urlstm",
