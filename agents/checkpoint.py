@@ -95,6 +95,7 @@ def save(run_dir: str, *, cfg, policy, optimizer, global_step: int, update: int,
     data = {
         "format": FORMAT, "version": VERSION,
         "config": cfg.to_dict(),
+        "policy": policy.describe(),  # rebuilds the network without the env (policies.load_policy)
         "model": {k: cpu(v) for k, v in policy.state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "global_step": int(global_step), "update": int(update), "wall_time_s": float(wall_time_s),

@@ -1,0 +1,5 @@
+"""Memory cores, the recurrent actor-critic, and the API to run and export a trained policy."""
+
+from policies.deploy import PolicyLoadError, PolicyState, RecurrentPolicy, load_policy
+
+__all__ = ["PolicyLoadError", "PolicyState", "RecurrentPolicy", "load_policy"]

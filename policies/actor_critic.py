@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from policies.cores import make_core
+from policies.space_codec import space_from_dict, space_to_dict
 
 State = tuple[torch.Tensor, ...]
 Obs = Any  # a tensor, or a dict / tuple of tensors, shaped like the observation space
@@ -37,13 +38,15 @@ def obs_dtype(space: spaces.Space) -> torch.dtype:
 
 
 def obs_to_tensor(space: spaces.Space, obs: Any, device: torch.device | str) -> Obs:
-    """Batched numpy observation (leading dim B) -> tensor tree on ``device``."""
+    """Batched numpy (or torch) observation (leading dim B) -> tensor tree on ``device``."""
     if isinstance(space, spaces.Dict):
         return {k: obs_to_tensor(s, obs[k], device) for k, s in space.spaces.items()}
     if isinstance(space, spaces.Tuple):
         return tuple(obs_to_tensor(s, o, device) for s, o in zip(space.spaces, obs))
-    array = np.asarray(obs)
     dtype = obs_dtype(space)
+    if isinstance(obs, torch.Tensor):
+        return obs.to(device=device, dtype=dtype)
+    array = np.asarray(obs)
     tensor = torch.from_numpy(array) if array.dtype != object else torch.as_tensor(array.tolist())
     return tensor.to(device=device, dtype=dtype, non_blocking=True)
 
@@ -297,6 +300,10 @@ class Evaluation(NamedTuple):
     uniform_kl: torch.Tensor  # [T, B] KL(uniform || pi), 0 for Box actions
 
 
+DESCRIPTION_FORMAT = "urlstm-policy"
+DESCRIPTION_VERSION = 1
+
+
 class ActorCritic(nn.Module):
     """Encoder -> memory core -> policy and value heads.
 
@@ -320,6 +327,10 @@ class ActorCritic(nn.Module):
                  core_options: dict[str, Any] | None = None, head_gain: float = 0.01):
         super().__init__()
         self.observation_space, self.action_space = observation_space, action_space
+        # every constructor argument but the spaces, as plain data (see ``describe``)
+        self.arguments = {"core": core, "hidden_size": hidden_size, "num_layers": num_layers,
+                          "embed_size": embed_size, "prev_action_reward": prev_action_reward,
+                          "core_options": dict(core_options or {}), "head_gain": head_gain}
         self.encoder = make_encoder(observation_space)
         self.head = ActionHead(action_space, hidden_size, head_gain)
         self.prev_action_reward = prev_action_reward
@@ -331,6 +342,29 @@ class ActorCritic(nn.Module):
         self.value_head = nn.Linear(hidden_size, 1)
         nn.init.orthogonal_(self.value_head.weight, 1.0)
         nn.init.zeros_(self.value_head.bias)
+
+    # -- description ----------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """What rebuilds this network without its env, as JSON-able data (no weights)."""
+        return {"format": DESCRIPTION_FORMAT, "version": DESCRIPTION_VERSION,
+                "observation_space": space_to_dict(self.observation_space),
+                "action_space": space_to_dict(self.action_space), "arguments": dict(self.arguments)}
+
+    @classmethod
+    def from_description(cls, description: dict[str, Any]) -> ActorCritic:
+        """A freshly initialised network shaped as ``describe`` said (load the weights next).
+
+        Raises:
+            ValueError: not a description of this version, or one that no longer builds.
+        """
+        if not isinstance(description, dict) or description.get("format") != DESCRIPTION_FORMAT:
+            raise ValueError("not a urlstm policy description")
+        if description.get("version") != DESCRIPTION_VERSION:
+            raise ValueError(f"policy description version {description.get('version')!r}, "
+                             f"expected {DESCRIPTION_VERSION}")
+        obs_space = space_from_dict(description["observation_space"])
+        action_space = space_from_dict(description["action_space"])
+        return cls(obs_space, action_space, **description["arguments"])
 
     # -- helpers ------------------------------------------------------------------------------
     def initial_state(self, batch_size: int, device: torch.device | str) -> State:
