@@ -5,6 +5,7 @@
     python train.py compare --cores lstm,urlstm --seeds 3 --sweep length=50,100 --out runs/NAME [train flags]
     python train.py report runs/NAME              # report.md + report.png of a folder of runs
     python train.py presets [--env ID]            # the presets of tuned settings per environment
+    python train.py export --checkpoint RUN --out policy.onnx [--format onnx|torchscript]
 
 The only module that parses flags: tyro builds them from ``agents.config.TrainConfig`` and the
 dataclasses of ``agents.commands`` (their field docstrings are the help text). Bad input prints
@@ -24,7 +25,7 @@ from agents.runfolder import UsageError, cli, one_line, parse_args
 
 DESCRIPTION = ("Train a recurrent agent on a memory task. Naming --env applies its preset of tuned "
                "settings (agents/presets.toml) under the flags given here. Other commands: eval, "
-               "compare, report, presets (python train.py COMMAND --help).")
+               "compare, report, presets, export (python train.py COMMAND --help).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +120,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "eval": lambda argv: commands.run_eval(parse_args(commands.EvalArgs, argv, "train.py eval")),
     "compare": run_compare,
     "report": lambda argv: commands.run_report(parse_args(commands.ReportArgs, argv, "train.py report")),
+    "export": lambda argv: commands.run_export(parse_args(commands.ExportArgs, argv, "train.py export")),
     "presets": lambda argv: commands.run_presets(parse_args(commands.PresetsArgs, argv,
                                                             "train.py presets")),
 }
@@ -128,12 +130,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from agents.checkpoint import CheckpointError
     from agents.evaluate import EvaluationError
     from agents.resources import ResourceError
+    from policies import PolicyLoadError
+    from policies.export import ExportError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "train"
     try:
         return COMMANDS[command](argv)
-    except (UsageError, ConfigError, CheckpointError, EvaluationError, ResourceError) as err:
+    except (UsageError, ConfigError, CheckpointError, EvaluationError, ResourceError,
+            PolicyLoadError, ExportError) as err:
         if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 speaks for every rank
             print(f"error: {one_line(err)}", file=sys.stderr)
         return 2

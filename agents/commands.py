@@ -11,7 +11,7 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Callable, Sequence
+from typing import Annotated, Any, Callable, Literal, Sequence
 
 import tyro
 
@@ -191,6 +191,7 @@ class EvalArgs:
 def run_eval(args: EvalArgs) -> int:
     from agents import checkpoint as ckpt
     from agents.evaluate import evaluate, record_gif
+    from policies.deploy import policy_from_checkpoint
 
     data = ckpt.load(args.checkpoint)
     cfg = TrainConfig.from_dict({**data["config"], "resume": None})
@@ -200,15 +201,18 @@ def run_eval(args: EvalArgs) -> int:
 
         torch.set_num_threads(cfg.torch_threads)
     seed_everything(cfg.seed if args.seed is None else args.seed)
-    probe = make_env(cfg, num_envs=1)
-    policy = make_policy(cfg, probe, device)
-    probe.close()
-    try:
-        policy.load_state_dict({k: v.to(device) for k, v in data["model"].items()})
-    except RuntimeError as err:
-        raise ckpt.CheckpointError("checkpoint weights do not fit its own config: "
-                                   f"{one_line(err)[:200]}") from None
-    policy.eval()
+    if "policy" in data:  # the network as the checkpoint describes it (policies.load_policy's call)
+        policy = policy_from_checkpoint(data, device).model
+    else:  # an older checkpoint: the network rebuilt from the config and the env
+        probe = make_env(cfg, num_envs=1)
+        policy = make_policy(cfg, probe, device)
+        probe.close()
+        try:
+            policy.load_state_dict({k: v.to(device) for k, v in data["model"].items()})
+        except RuntimeError as err:
+            raise ckpt.CheckpointError("checkpoint weights do not fit its own config: "
+                                       f"{one_line(err)[:200]}") from None
+        policy.eval()
     result = evaluate(policy, cfg, device, episodes=args.episodes, greedy=args.greedy,
                       seed=args.seed, num_envs=args.num_envs,
                       max_episode_steps=args.max_episode_steps, ablate_memory=args.ablate_memory,
@@ -232,6 +236,34 @@ def run_eval(args: EvalArgs) -> int:
     if args.video:
         v = result["video"]
         print(f"GIF: {v['file']} ({v['frames']} frames, return {v['return']:.3f})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# export
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExportArgs:
+    """Export a trained policy's one-step network (inputs: observation, core state, episode start,
+    previous action and reward; outputs: action logits or parameters, value, next state) to ONNX
+    or TorchScript, for running it outside this package (docs/deploy.md)."""
+
+    checkpoint: str
+    """Checkpoint file or run folder."""
+    out: str
+    """The file to write."""
+    format: Literal["onnx", "torchscript"] = "onnx"
+    """onnx (run it with onnxruntime) or torchscript (torch.jit.load)."""
+
+
+def run_export(args: ExportArgs) -> int:
+    from policies.export import export_checkpoint
+
+    result = export_checkpoint(args.checkpoint, args.out, args.format)
+    print(f"{result['format']}: {result['file']} (inputs {', '.join(result['inputs'])}; outputs "
+          f"{', '.join(result['outputs'])}; {result['seconds']:.2f} s)")
     return 0
 
 

@@ -29,7 +29,8 @@ def run(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProce
                           text=True, timeout=timeout, cwd=ROOT, **kwargs)
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["compare"], ["report"], ["presets"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["compare"], ["report"], ["presets"],
+                                     ["export"]])
 def test_help_of_every_command_exits_0(command):
     p = run(*command, "--help")
     assert p.returncode == 0, p.stderr
@@ -136,7 +137,7 @@ def parse_documented(argv: list[str]) -> None:
             train.parse_train(flags)
     else:
         cls = {"eval": commands.EvalArgs, "report": commands.ReportArgs,
-               "presets": commands.PresetsArgs}[command]
+               "presets": commands.PresetsArgs, "export": commands.ExportArgs}[command]
         parse_args(cls, argv, f"train.py {command}")
 
 
@@ -175,3 +176,26 @@ def test_no_home_made_flag_generator_is_left():
 def test_typed_fields_finds_every_spelling():
     assert train.typed_fields(["--num-envs", "4", "--no-anneal-lr", "--gamma=0.9", "x"]) == {
         "num_envs", "anneal_lr", "gamma"}
+
+
+def test_export_from_the_command_line(tmp_path):
+    """A tiny run exported both ways; bad format, unwritable output and a checkpoint without the
+    policy description are one line and exit code 2."""
+    assert run(*TINY, "--total-steps", "32", "--logdir", str(tmp_path), "--run-name", "r",
+               "--no-progress").returncode == 0
+    for fmt, name in (("onnx", "p.onnx"), ("torchscript", "p.pt")):
+        p = run("export", "--checkpoint", str(tmp_path / "r"), "--format", fmt, "--out",
+                str(tmp_path / name))
+        assert p.returncode == 0 and (tmp_path / name).stat().st_size > 0, p.stderr
+    import torch
+
+    old = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    del old["policy"]
+    torch.save(old, tmp_path / "old.pt")
+    for argv, message in ((["--format", "tflite", "--out", str(tmp_path / "x")], "tflite"),
+                          (["--out", str(tmp_path / "no" / "such" / "x.onnx")], "cannot write"),
+                          (["--out", str(tmp_path / "y.onnx")], "no policy description")):
+        ckpt = str(tmp_path / ("old.pt" if message == "no policy description" else "r"))
+        p = run("export", "--checkpoint", ckpt, *argv)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1 and message in lines[0], p.stderr
