@@ -1,13 +1,13 @@
 """IMPALA's actors as Ray actors (``--actors ray``): the same actors and unrolls as
-``agents.actors``, carried by Ray instead of shared memory, on one machine or a Ray cluster.
+``agents.local_actors``, carried by Ray instead of shared memory, on one machine or a Ray cluster.
 
-Each ``UnrollWorker`` is a Ray actor (one CPU, one torch thread) holding an ``agents.actors.Actor``:
+Each ``UnrollWorker`` is a Ray actor (one CPU, one torch thread) holding an ``agents.actor.Actor``:
 its envs, a CPU copy of the policy and the carry between unrolls. A call to ``unroll`` first asks
 the ``WeightStore`` actor for the newest weights (the learner ``ray.put``s its state_dict once per
 update and hands the store the reference), loads them if they are newer than the ones it has, then
 fills a private one-slot ``Buffers`` and returns that slot's tensors through Ray's object store.
 
-The learner side, ``RayActorPool``, has the interface of ``agents.actors.ActorPool``: every slot of
+The learner side, ``RayActorPool``, implements ``agents.actor.ActorPool``: every slot of
 its (learner-private) ``Buffers`` is owned by one worker and has one ``unroll`` call in flight while
 it is free; a finished call is copied into its slot, which becomes full; releasing a slot submits
 the next call. So the learner code is the same for both transports.
@@ -34,11 +34,19 @@ import os
 import signal
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from agents.actors import MAX_CONSECUTIVE_FAILURES, Actor, ActorFailedError, Buffers, actor_seed
+from agents.actor import (
+    MAX_CONSECUTIVE_FAILURES,
+    Actor,
+    ActorFailedError,
+    Buffers,
+    actor_seed,
+    slots_per_actor,
+)
 from agents.config import TrainConfig
 from agents.rollout import EpisodeStats
 from policies.actor_critic import ActorCritic
@@ -112,7 +120,7 @@ def init_ray(address: str | None, num_actors: int) -> bool:
     ray = import_ray()
     if ray.is_initialized():
         return False
-    quiet = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    quiet = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False}
     sigterm = signal.getsignal(signal.SIGTERM)
     if address is None:  # "local": a new instance even where RAY_ADDRESS or `ray start` is around
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -128,12 +136,12 @@ def init_ray(address: str | None, num_actors: int) -> bool:
 
 
 class RayActorPool:
-    """``agents.actors.ActorPool``'s interface over Ray actors (see the module docstring)."""
+    """``agents.actor.ActorPool`` over Ray actors (see the module docstring)."""
 
     def __init__(self, cfg: TrainConfig, policy: ActorCritic, seed_offset: int,
                  report: Callable[[str], None]):
         self.cfg = cfg
-        self.per_actor = max(2, -(-cfg.learner_batch // cfg.num_actors) + 1)
+        self.per_actor = slots_per_actor(cfg)
         self.buffers = Buffers(policy, cfg.num_actors * self.per_actor, cfg.unroll_length,
                                cfg.num_envs // cfg.num_actors, shared=False)
         self.seed_offset, self.report = seed_offset, report
@@ -248,11 +256,7 @@ class RayActorPool:
         self.full.append(slot)
         self.unrolls_since_start[i] += 1
         self.failures_in_a_row[i] = 0
-        eps = out["episodes"]
-        self.episodes.new_returns += eps["r"]
-        self.episodes.new_lengths += eps["l"]
-        self.episodes.new_successes += eps["s"]
-        self.episodes.episodes += len(eps["r"])
+        self.episodes.add_new(out["episodes"])
         self.env_s += out["env_s"]
         self.inference_s += out["inference_s"]
 
