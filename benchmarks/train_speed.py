@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from policies.cores.kernels import cpu_info  # noqa: E402
 
 import train  # noqa: E402
-from agents import ppo  # noqa: E402
+from agents import ppo, runloop  # noqa: E402
 from agents.config import TrainConfig  # noqa: E402
 
 
@@ -46,17 +46,17 @@ def measure(cfg: TrainConfig, updates: int, warmup: int = 1) -> dict:
         run_dir = make_run_dir(logdir, cfg.env, cfg.core, cfg.seed)
         # timers: capture the per-update values before train() logs and resets them
         per_update: list[dict] = []
-        orig_log = ppo._log
+        orig_log = runloop.log_scalars
 
         def log(logger, policy, step, update_idx, cfg_, episodes, losses, timers, sps, lr):
             per_update.append({"env": timers.env, "inference": timers.inference, "learn": timers.learn})
             orig_log(logger, policy, step, update_idx, cfg_, episodes, losses, timers, sps, lr)
 
-        ppo._log = log
+        runloop.log_scalars = log
         try:
             summary = ppo.train(cfg, venv, policy, run_dir, device, on_progress=on_progress)
         finally:
-            ppo._log = orig_log
+            runloop.log_scalars = orig_log
             venv.close()
     (t0, s0), (t1, s1) = marks[warmup - 1], marks[-1]
     measured = per_update[warmup:]
