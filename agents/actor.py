@@ -2,7 +2,8 @@
 of the policy, the carry between unrolls) and the interface of a pool of actors as the learner sees
 it (``ActorPool``).
 
-Two transports implement the pool and depend on this module, one way: ``agents.local_actors``
+Two transports implement the pool (on ``SlotBook``, the bookkeeping they share) and depend on this
+module, one way: ``agents.local_actors``
 (actor processes on this machine, slots in shared memory, TorchBeast's design) and
 ``agents.ray_actors`` (Ray actors, on one machine or a cluster). ``agents.impala.make_pool`` picks one.
 
@@ -110,11 +111,6 @@ def actor_seed(cfg: TrainConfig, seed_offset: int, index: int, generation: int) 
     return cfg.seed + seed_offset + index * B + generation * 7919 * cfg.num_envs
 
 
-def slots_per_actor(cfg: TrainConfig) -> int:
-    """Slots owned by each actor: enough for a batch while every actor keeps one to fill."""
-    return max(2, -(-cfg.learner_batch // cfg.num_actors) + 1)
-
-
 class Actor:
     """What one actor holds, whatever carries its unrolls: its ``num_envs / num_actors`` envs, a
     CPU copy of the policy and the carry (observation, memory, episode) from one unroll into the
@@ -188,3 +184,58 @@ class ActorPool(Protocol):
 
     def close(self) -> None:
         """Stop every actor."""
+
+
+class SlotBook:
+    """The bookkeeping both transports' pools share: actor i owns ``per_actor`` consecutive slots
+    of ``buffers`` (enough for a batch while every actor keeps one to fill); the ``ActorPool``
+    counters; and how many times in a row each actor died before an unroll."""
+
+    def __init__(self, cfg: TrainConfig, policy: ActorCritic, shared: bool):
+        n = cfg.num_actors
+        self.per_actor = max(2, -(-cfg.learner_batch // n) + 1)
+        self.buffers = Buffers(policy, n * self.per_actor, cfg.unroll_length, cfg.num_envs // n,
+                               shared=shared)
+        self.full: list[int] = []        # slots written by actors, waiting for the learner
+        self.held: set[int] = set()      # slots the learner took and has not released yet
+        self.restarts = 0
+        self.errors: list[str] = []
+        self.episodes = EpisodeStats()   # filled from the actors' unrolls (taken by the learner)
+        self.env_s = self.inference_s = 0.0
+        self.generation = [0] * n        # restarts of each actor: a fresh seed each time
+        self.unrolls_since_start = [0] * n
+        self.failures_in_a_row = [0] * n
+
+    def owner(self, slot: int) -> int:
+        return slot // self.per_actor
+
+    def slots(self, i: int) -> range:
+        """The slots actor ``i`` owns."""
+        return range(i * self.per_actor, (i + 1) * self.per_actor)
+
+    def take(self) -> int:
+        """The oldest full slot; it stays the learner's until ``release``."""
+        slot = self.full.pop(0)
+        self.held.add(slot)
+        return slot
+
+    def received(self, i: int, slot: int, episodes: dict, env_s: float, inference_s: float) -> None:
+        """Actor ``i`` filled ``slot`` (``Actor.unroll``'s episodes and seconds)."""
+        self.full.append(slot)
+        self.unrolls_since_start[i] += 1
+        self.failures_in_a_row[i] = 0
+        self.episodes.add_new(episodes)
+        self.env_s += env_s
+        self.inference_s += inference_s
+
+    def count_death(self, i: int, last_error: str) -> None:
+        """Actor ``i`` died: count a restart (a new generation), or raise ``ActorFailedError``
+        when it died ``MAX_CONSECUTIVE_FAILURES`` times in a row without an unroll."""
+        if self.unrolls_since_start[i] == 0:
+            self.failures_in_a_row[i] += 1
+        if self.failures_in_a_row[i] >= MAX_CONSECUTIVE_FAILURES:
+            raise ActorFailedError(f"actor {i} died {self.failures_in_a_row[i]} times in a row "
+                                   f"before producing an unroll; last error: {last_error}")
+        self.restarts += 1
+        self.generation[i] += 1
+        self.unrolls_since_start[i] = 0

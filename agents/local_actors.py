@@ -23,16 +23,8 @@ from typing import Any
 import torch
 from torch import multiprocessing as mp
 
-from agents.actor import (
-    MAX_CONSECUTIVE_FAILURES,
-    Actor,
-    ActorFailedError,
-    Buffers,
-    actor_seed,
-    slots_per_actor,
-)
+from agents.actor import Actor, Buffers, SlotBook, actor_seed
 from agents.config import TrainConfig
-from agents.rollout import EpisodeStats
 from policies.actor_critic import ActorCritic
 
 # ---------------------------------------------------------------------------------------------
@@ -124,35 +116,21 @@ def actor(index: int, cfg_dict: dict, seed: int, buffers: Buffers, weights: Shar
 # the actor processes as the learner sees them
 # ---------------------------------------------------------------------------------------------
 
-class LocalActorPool:
+class LocalActorPool(SlotBook):
     """Starts, watches and restarts the actor processes; hands the learner full slots
     (``agents.actor.ActorPool``)."""
 
     def __init__(self, cfg: TrainConfig, policy: ActorCritic, seed_offset: int,
                  report: Callable[[str], None]):
+        super().__init__(cfg, policy, shared=True)
         self.cfg = cfg
-        self.per_actor = slots_per_actor(cfg)
-        self.buffers = Buffers(policy, cfg.num_actors * self.per_actor, cfg.unroll_length,
-                               cfg.num_envs // cfg.num_actors)
         self.weights = SharedWeights(policy)
         self.seed_offset = seed_offset
         self.report = report
         self.ctx = mp.get_context("spawn")  # safe with CUDA in the learner and with its threads
         self.procs: list[Any] = [None] * cfg.num_actors
         self.conns: list[Connection | None] = [None] * cfg.num_actors
-        self.generation = [0] * cfg.num_actors
-        self.unrolls_since_start = [0] * cfg.num_actors
-        self.failures_in_a_row = [0] * cfg.num_actors
-        self.full: list[int] = []        # slots written by actors, waiting for the learner
-        self.held: set[int] = set()      # slots the learner took and has not released yet
-        self.restarts = 0
-        self.errors: list[str] = []
         self.last_error: list[str | None] = [None] * cfg.num_actors
-        self.episodes = EpisodeStats()   # filled from the actors' messages (merged by the caller)
-        self.env_s = self.inference_s = 0.0
-
-    def owner(self, slot: int) -> int:
-        return slot // self.per_actor
 
     def publish(self, policy: ActorCritic, version: int) -> None:
         """Make the learner's weights the ones actors act with from their next unroll."""
@@ -171,16 +149,9 @@ class LocalActorPool:
         p.start()
         theirs.close()
         self.procs[i], self.conns[i] = p, mine
-        self.unrolls_since_start[i] = 0
-        for slot in range(i * self.per_actor, (i + 1) * self.per_actor):
+        for slot in self.slots(i):
             if slot not in self.full and slot not in self.held:
                 mine.send(slot)
-
-    def take(self) -> int:
-        """The oldest full slot; it stays the learner's until ``release``."""
-        slot = self.full.pop(0)
-        self.held.add(slot)
-        return slot
 
     def release(self, slot: int) -> None:
         """Give a slot back to its actor (if that actor is dead, its restart hands the slot out)."""
@@ -214,13 +185,7 @@ class LocalActorPool:
             while conn.poll(0):
                 msg = conn.recv()
                 if msg[0] == "unroll":
-                    _, slot, eps, env_s, inf_s = msg
-                    self.full.append(slot)
-                    self.unrolls_since_start[i] += 1
-                    self.failures_in_a_row[i] = 0
-                    self.episodes.add_new(eps)
-                    self.env_s += env_s
-                    self.inference_s += inf_s
+                    self.received(i, *msg[1:])
                 elif msg[0] == "error":
                     self.errors.append(f"actor {i}: {msg[1]}")
                     self.last_error[i] = msg[1]
@@ -241,14 +206,8 @@ class LocalActorPool:
         else:
             how = f"exit code {code}"
         self.conns[i].close()
-        if self.unrolls_since_start[i] == 0:
-            self.failures_in_a_row[i] += 1
         last, self.last_error[i] = self.last_error[i] or how, None
-        if self.failures_in_a_row[i] >= MAX_CONSECUTIVE_FAILURES:
-            raise ActorFailedError(f"actor {i} died {self.failures_in_a_row[i]} times in a row "
-                                   f"before producing an unroll; last error: {last}")
-        self.restarts += 1
-        self.generation[i] += 1
+        self.count_death(i, last)
         self.report(f"actor {i} died ({how}); restarting it with fresh environments "
                     f"(restart {self.restarts} of the run)")
         self._start(i)

@@ -39,16 +39,8 @@ from typing import Any
 
 import torch
 
-from agents.actor import (
-    MAX_CONSECUTIVE_FAILURES,
-    Actor,
-    ActorFailedError,
-    Buffers,
-    actor_seed,
-    slots_per_actor,
-)
+from agents.actor import Actor, ActorFailedError, Buffers, SlotBook, actor_seed
 from agents.config import TrainConfig
-from agents.rollout import EpisodeStats
 from policies.actor_critic import ActorCritic
 
 
@@ -135,38 +127,24 @@ def init_ray(address: str | None, num_actors: int) -> bool:
     return True
 
 
-class RayActorPool:
+class RayActorPool(SlotBook):
     """``agents.actor.ActorPool`` over Ray actors (see the module docstring)."""
 
     def __init__(self, cfg: TrainConfig, policy: ActorCritic, seed_offset: int,
                  report: Callable[[str], None]):
+        super().__init__(cfg, policy, shared=False)
         self.cfg = cfg
-        self.per_actor = slots_per_actor(cfg)
-        self.buffers = Buffers(policy, cfg.num_actors * self.per_actor, cfg.unroll_length,
-                               cfg.num_envs // cfg.num_actors, shared=False)
         self.seed_offset, self.report = seed_offset, report
         n = cfg.num_actors
         self.workers: list[Any] = []
         self.store = None
-        self.generation = [0] * n
         self.ready = [False] * n          # the worker answered since its last (re)start
         self.pids: list[int | None] = [None] * n
-        self.unrolls_since_start = [0] * n
-        self.failures_in_a_row = [0] * n
         self.ping_failures = [0] * n
         self.calls: dict[Any, tuple[int, int | None, int]] = {}  # ref -> (actor, slot, generation)
-        self.full: list[int] = []
-        self.held: set[int] = set()
-        self.restarts = 0
-        self.errors: list[str] = []
-        self.episodes = EpisodeStats()
-        self.env_s = self.inference_s = 0.0
         self.owns_ray = False
         self._published: tuple[dict, int] | None = None
         self._weights_ref = None
-
-    def owner(self, slot: int) -> int:
-        return slot // self.per_actor
 
     def publish(self, policy: ActorCritic, version: int) -> None:
         """``ray.put`` the weights and hand the reference to the store (before ``start``: then)."""
@@ -205,12 +183,7 @@ class RayActorPool:
 
     def _free_slots(self, i: int) -> list[int]:
         busy = {s for (_, s, _) in self.calls.values()} | self.held | set(self.full)
-        return [s for s in range(i * self.per_actor, (i + 1) * self.per_actor) if s not in busy]
-
-    def take(self) -> int:
-        slot = self.full.pop(0)
-        self.held.add(slot)
-        return slot
+        return [s for s in self.slots(i) if s not in busy]
 
     def release(self, slot: int) -> None:
         self.held.discard(slot)
@@ -253,12 +226,7 @@ class RayActorPool:
     def _store(self, i: int, slot: int, out: dict) -> None:
         for dst, src in zip(self.buffers.tensors(), out["tensors"]):
             dst[slot].copy_(src)
-        self.full.append(slot)
-        self.unrolls_since_start[i] += 1
-        self.failures_in_a_row[i] = 0
-        self.episodes.add_new(out["episodes"])
-        self.env_s += out["env_s"]
-        self.inference_s += out["inference_s"]
+        self.received(i, slot, out["episodes"], out["env_s"], out["inference_s"])
 
     def _raised(self, i: int, err: Exception) -> None:
         cause = getattr(err, "cause", None) or err
@@ -278,14 +246,7 @@ class RayActorPool:
         self._ping(i)
 
     def _died(self, i: int, how: str) -> None:
-        if self.unrolls_since_start[i] == 0:
-            self.failures_in_a_row[i] += 1
-        if self.failures_in_a_row[i] >= MAX_CONSECUTIVE_FAILURES:
-            raise ActorFailedError(f"actor {i} died {self.failures_in_a_row[i]} times in a row "
-                                   f"before producing an unroll; last error: {how}")
-        self.restarts += 1
-        self.generation[i] += 1
-        self.unrolls_since_start[i] = 0
+        self.count_death(i, how)
         self.report(f"actor {i} died ({how}); Ray restarts it, with fresh environments "
                     f"(restart {self.restarts} of the run)")
         self._ping(i)

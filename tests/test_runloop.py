@@ -9,28 +9,33 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import train
+import envs
 from agents import checkpoint as ckpt
 from agents import impala, ppo
+from agents.actor import make_actor_policy
 from agents.config import TrainConfig
 from agents.runloop import NonFiniteLossError, RunLoop, StopFlag
 from policies.actor_critic import ActorCritic
 
 CPU = torch.device("cpu")
 # 8 steps per update, 5 updates
-CFG = dict(env_kwargs={"length": 3}, core="gru", num_envs=2, num_steps=4, seq_len=4,
-           num_minibatches=1, hidden_size=8, embed_size=8, total_steps=40, eval_episodes=0,
-           progress=False, device="cpu", save_every=2)
+CFG = {"env_kwargs": {"length": 3}, "core": "gru", "num_envs": 2, "num_steps": 4, "seq_len": 4,
+       "num_minibatches": 1, "hidden_size": 8, "embed_size": 8, "total_steps": 40,
+       "eval_episodes": 0, "progress": False, "device": "cpu", "save_every": 2}
 
 
 class Boom(RuntimeError):
     pass
 
 
+def make_env_and_policy(cfg: TrainConfig, num_envs: int):
+    venv = envs.make(cfg.env, num_envs, cfg.seed, **cfg.env_kwargs)
+    return venv, make_actor_policy(cfg, venv)  # the actor-critic the config describes
+
+
 def make_run(tmp_path, stop=None, **kw) -> RunLoop:
     cfg = TrainConfig(**{**CFG, **kw})
-    venv = train.make_env(cfg, num_envs=1)
-    policy = train.make_policy(cfg, venv, CPU)
+    venv, policy = make_env_and_policy(cfg, 1)
     venv.close()
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate)
     return RunLoop(cfg, policy, optimizer, str(tmp_path), CPU, stop=stop, algo="test",
@@ -104,7 +109,7 @@ def test_a_named_failure_ends_the_run_reported_and_saved(tmp_path):
     s = run.finish()
     assert s["status"] == "failed: actor 0 died 3 times" and s["updates"] == 1
     assert ckpt.load(str(tmp_path))["update"] == 1
-    assert "step 8: failed: actor 0 died 3 times" in open(tmp_path / "events.log").read()
+    assert "step 8: failed: actor 0 died 3 times" in (tmp_path / "events.log").read_text()
 
 
 def test_other_exceptions_propagate_and_the_signal_handlers_come_back(tmp_path):
@@ -118,11 +123,10 @@ def test_other_exceptions_propagate_and_the_signal_handlers_come_back(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_first_signal_asks_to_stop_the_second_aborts(sig):
     before = signal.getsignal(sig)
-    with pytest.raises(KeyboardInterrupt):
-        with StopFlag() as flag:
-            os.kill(os.getpid(), sig)
-            assert flag.set
-            os.kill(os.getpid(), sig)
+    with pytest.raises(KeyboardInterrupt), StopFlag() as flag:
+        os.kill(os.getpid(), sig)
+        assert flag.set
+        os.kill(os.getpid(), sig)
     assert signal.getsignal(sig) == before
 
 
@@ -131,15 +135,15 @@ def test_first_signal_asks_to_stop_the_second_aborts(sig):
 # ---------------------------------------------------------------------------------------------
 
 LEARNERS = {
-    "ppo": dict(num_envs=4, num_steps=8, seq_len=4, num_minibatches=2, update_epochs=2),
-    "impala": dict(algo="impala", num_envs=4, num_actors=2, unroll_length=8, learner_batch=2),
+    "ppo": {"num_envs": 4, "num_steps": 8, "seq_len": 4, "num_minibatches": 2, "update_epochs": 2},
+    "impala": {"algo": "impala", "num_envs": 4, "num_actors": 2, "unroll_length": 8,
+               "learner_batch": 2},
 }
 
 
 def train_with(tmp_path, algo: str, on_progress, **kw) -> dict:
     cfg = TrainConfig(**{**CFG, **LEARNERS[algo], "total_steps": 320, "save_every": 1, **kw})
-    venv = train.make_env(cfg, num_envs=1 if algo == "impala" else cfg.num_envs)
-    policy = train.make_policy(cfg, venv, CPU)
+    venv, policy = make_env_and_policy(cfg, 1 if algo == "impala" else cfg.num_envs)
     learner = impala.train if algo == "impala" else ppo.train
     try:
         return learner(cfg, venv, policy, str(tmp_path), CPU, on_progress=on_progress)
