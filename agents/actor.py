@@ -1,11 +1,12 @@
-"""IMPALA's actors, whatever carries their unrolls: the unroll slots, the actor (its envs, a CPU copy
-of the policy, the carry between unrolls) and the interface of a pool of actors as the learner sees
-it (``ActorPool``).
+"""IMPALA's actors, whatever carries their unrolls: the unroll slots, the actor (its envs, a CPU
+copy of the policy, the carry between unrolls) and the interface of a pool of actors as the learner
+sees it (``ActorPool``).
 
 Two transports implement the pool (on ``SlotBook``, the bookkeeping they share) and depend on this
 module, one way: ``agents.local_actors``
 (actor processes on this machine, slots in shared memory, TorchBeast's design) and
-``agents.ray_actors`` (Ray actors, on one machine or a cluster). ``agents.impala.make_pool`` picks one.
+``agents.ray_actors`` (Ray actors, on one machine or a cluster); ``agents.impala.make_pool`` picks
+one.
 
 A slot holds T + 1 observations (the last one is only bootstrapped from), the behaviour policy's
 log-probabilities, the recurrent state at the unroll's start (an opaque tuple, never looked into)
@@ -37,7 +38,8 @@ class ActorFailedError(RuntimeError):
 # ---------------------------------------------------------------------------------------------
 
 class Buffers:
-    """``num_buffers`` preallocated unroll slots (CPU), in shared memory unless ``shared`` is off."""
+    """``num_buffers`` preallocated unroll slots (CPU), in shared memory unless ``shared`` is
+    off."""
 
     def __init__(self, policy: ActorCritic, num_buffers: int, unroll_length: int,
                  envs_per_actor: int, shared: bool = True):

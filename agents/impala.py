@@ -12,9 +12,9 @@ make that several passes over random groups of the batch's unrolls, V-trace reco
 moved policy at each step; ``--pg-loss clipped`` (APPO) then replaces the policy gradient by PPO's
 clipped surrogate of the ratio to the learner's policy before the update, on the same advantages
 weighted by that policy's clipped importance weight against the actor's (``policy_loss``).
-It publishes new weights to the actors after each update (local actors: a shared state_dict guarded
-by a sequence counter, no lock that a killed actor could leave held). Unrolls acted by a policy more than ``--max-policy-lag`` updates old
-are dropped.
+It publishes new weights to the actors after each update (local actors: a shared state_dict
+guarded by a sequence counter, no lock that a killed actor could leave held). Unrolls acted by a
+policy more than ``--max-policy-lag`` updates old are dropped.
 
 One gradient step per batch by default (PPO takes ``update_epochs * num_minibatches``): the paper's
 IMPALA needs small batches (few envs per actor, ``--learner-batch 1``) to get enough updates out of
@@ -118,8 +118,10 @@ class Intake:
         """perf/ scalars of the updates since the last call (called on the updates that log)."""
         out = {}
         if self.lags:
-            out = {"policy_lag_mean": float(np.mean(self.lags)), "policy_lag_max": float(max(self.lags))}
-        self.lag_sum, self.lag_count = self.lag_sum + sum(self.lags), self.lag_count + len(self.lags)
+            out = {"policy_lag_mean": float(np.mean(self.lags)),
+                   "policy_lag_max": float(max(self.lags))}
+        self.lag_sum += sum(self.lags)
+        self.lag_count += len(self.lags)
         self.lags = []
         return out | {"dropped_unrolls": self.dropped, "actor_restarts": self.pool.restarts}
 
@@ -160,7 +162,8 @@ class Batch:
         groups = torch.randperm(n, device=self.rewards.device).view(parts, n // parts)
         # every field is a tensor tree with the unrolls on dim 1 (the state: [num_layers, N, H])
         def part(idx: torch.Tensor) -> Batch:
-            return Batch(**{f.name: tree_map(lambda x: x.index_select(1, idx), getattr(self, f.name))
+            pick = lambda x: x.index_select(1, idx)
+            return Batch(**{f.name: tree_map(pick, getattr(self, f.name))
                             for f in dataclasses.fields(self)})
 
         return [part(idx) for idx in groups]

@@ -188,10 +188,10 @@ class Rollout:
         def steps(*shape, dtype=None):
             return torch.zeros(T, B, *shape, dtype=dtype, device=device)
 
-        return cls(obs=obs_zeros(policy.observation_space, (T, B), device), reset=steps(dtype=torch.bool),
-                   prev_action=steps(*a_shape, dtype=a_dtype), prev_reward=steps(),
-                   actions=steps(*a_shape, dtype=a_dtype), logprobs=steps(), values=steps(),
-                   rewards=steps(), terminated=steps(dtype=torch.bool),
+        return cls(obs=obs_zeros(policy.observation_space, (T, B), device),
+                   reset=steps(dtype=torch.bool), prev_action=steps(*a_shape, dtype=a_dtype),
+                   prev_reward=steps(), actions=steps(*a_shape, dtype=a_dtype), logprobs=steps(),
+                   values=steps(), rewards=steps(), terminated=steps(dtype=torch.bool),
                    truncated=steps(dtype=torch.bool), final_values=steps(),
                    states=tuple(torch.zeros(T // seq_len, *s.shape, dtype=s.dtype, device=device)
                                 for s in policy.initial_state(B, device)),
@@ -213,7 +213,8 @@ def collect(policy: ActorCritic, venv, ro: Rollout, carry: Carry, stats: Episode
     """
     obs_space, act_space = policy.observation_space, venv.single_action_space
     device, seq_len = ro.rewards.device, ro.seq_len
-    obs, reset, prev_a, prev_r, state = carry.obs, carry.reset, carry.prev_action, carry.prev_reward, carry.state
+    obs, reset, state = carry.obs, carry.reset, carry.state
+    prev_a, prev_r = carry.prev_action, carry.prev_reward
     t0 = time.perf_counter()
     env_time = 0.0
     for t in range(ro.num_steps):
@@ -245,7 +246,8 @@ def collect(policy: ActorCritic, venv, ro: Rollout, carry: Carry, stats: Episode
             idx_np = np.flatnonzero(cut)
             idx = torch.as_tensor(idx_np, device=device)
             final = stack_obs(obs_space, [info["final_obs"][i] for i in idx_np])
-            v = policy.value(obs_to_tensor(obs_space, final, device), tuple(s[:, idx] for s in out.state),
+            v = policy.value(obs_to_tensor(obs_space, final, device),
+                             tuple(s[:, idx] for s in out.state),
                              torch.zeros(len(idx_np), dtype=torch.bool, device=device),
                              out.action[idx], reward_t[idx])
             ro.final_values[t].zero_()

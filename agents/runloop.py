@@ -81,7 +81,7 @@ class StopFlag:
 
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():
-            if old is not None:  # None: a handler installed outside Python, which cannot be put back
+            if old is not None:  # None: a handler set outside Python, which cannot be put back
                 signal.signal(sig, old)
         self._old = {}
 
@@ -106,11 +106,12 @@ class RunLoop:
                  on_progress: Callable[[dict], None] | None = None, *, algo: str, venv=None,
                  seed: int | None = None, event_log: str | None = None,
                  failures: tuple[type[Exception], ...] = ()):
-        self.cfg, self.policy, self.optimizer, self.run_dir, self.device = cfg, policy, optimizer, run_dir, device
-        self.algo, self._stop, self.on_progress = algo, stop, on_progress
+        self.cfg, self.policy, self.optimizer = cfg, policy, optimizer
+        self.run_dir, self.device, self.algo = run_dir, device, algo
+        self._stop, self.on_progress = stop, on_progress
         self.event_log, self.failures = event_log, failures
         self.stats, self.timers = EpisodeStats(), Timers()
-        self.other_s: dict[str, float] = {}  # seconds of other activities (IMPALA's wait) since the last log
+        self.other_s: dict[str, float] = {}  # other activities (IMPALA's wait) since the last log
         self.perf_s = {"env": 0.0, "inference": 0.0, "learn": 0.0}  # seconds of the logged windows
         main = distributed.is_main()
         self.logger = (Logger(run_dir, purge_step=resume["global_step"] if resume else None)
@@ -118,7 +119,8 @@ class RunLoop:
         self.global_step, self.update, self.wall_before = 0, 0, 0.0
         self.best_success: float | None = None
         self.status = "finished"
-        self.record_actions = venv is not None and cfg.exact_resume and distributed.world_size() == 1
+        self.record_actions = (venv is not None and cfg.exact_resume
+                               and distributed.world_size() == 1)
         self.action_log: list[torch.Tensor] = []
         self.carry: Carry | None = None
         if resume is not None:
@@ -133,8 +135,9 @@ class RunLoop:
             ckpt.set_rng_state(resume["rng"])
             if distributed.world_size() > 1:
                 torch.manual_seed(seed + self.global_step)
-        self.bar = tqdm(total=cfg.num_updates * cfg.batch_size, initial=self.global_step, unit="step",
-                        unit_scale=True, dynamic_ncols=True, disable=not cfg.progress or not main,
+        self.bar = tqdm(total=cfg.num_updates * cfg.batch_size, initial=self.global_step,
+                        unit="step", unit_scale=True, dynamic_ncols=True,
+                        disable=not cfg.progress or not main,
                         desc="train" if algo == "ppo" else algo, smoothing=0.1)
         self._flag = StopFlag()
         self._halt = False
@@ -182,7 +185,8 @@ class RunLoop:
 
     @contextlib.contextmanager
     def timing(self, activity: str) -> Iterator[None]:
-        """Add the block's seconds to ``activity``: env, inference, learn or another (perf/<activity>_s)."""
+        """Add the block's seconds to ``activity``: env, inference, learn, or another one (logged
+        as perf/<activity>_s, summed in summary.json's perf_s)."""
         t0 = time.perf_counter()
         yield
         seconds = time.perf_counter() - t0
@@ -219,7 +223,8 @@ class RunLoop:
             for k, v in more.items():
                 self.logger.scalar(f"perf/{k}", v, step)
             self._close_window()
-        if cfg.eval_every and self.update % cfg.eval_every == 0 and not last and distributed.is_main():
+        if (cfg.eval_every and self.update % cfg.eval_every == 0 and not last
+                and distributed.is_main()):
             interim_eval(self.logger, self.policy, cfg, self.device, step)
         progress = {"step": step, "update": self.update, "sps": sps, "return": recent_return,
                     "success": recent_success}
@@ -248,8 +253,9 @@ class RunLoop:
         """A line on stderr above the progress bar, also appended to the run's ``event_log``."""
         self.bar.write(message, file=sys.stderr)
         if self.event_log:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             with open(os.path.join(self.run_dir, self.event_log), "a") as f:
-                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} step {self.global_step}: {message}\n")
+                f.write(f"{stamp} step {self.global_step}: {message}\n")
 
     def save(self) -> str:
         """Write the checkpoint (rank 0 alone); returns its path."""
@@ -266,7 +272,7 @@ class RunLoop:
         """The final checkpoint (unless diverged), evaluation and summary.json (``extra``: the
         learner's own entries); returns the summary."""
         if self.status == "finished" and self.update < self.cfg.num_updates:
-            self.status = "interrupted"  # the learner left the loop early (a signal while it waited)
+            self.status = "interrupted"  # the learner left the loop early (a signal as it waited)
         checkpoint = ckpt.path(self.run_dir) if self.status.startswith("diverged") else self.save()
         self._close_window()
         wall = self.wall_before + time.perf_counter() - self.start
@@ -281,7 +287,7 @@ class RunLoop:
 
 
 def empty_carry(policy: ActorCritic) -> Carry:
-    """The checkpoint's carry of a learner without envs (IMPALA's actors restart theirs on resume)."""
+    """The checkpoint's carry of a learner without envs (IMPALA's actors start anew on resume)."""
     head = policy.head
     return Carry(obs=obs_zeros(policy.observation_space, (0,), "cpu"),
                  reset=torch.zeros(0, dtype=torch.bool),
