@@ -153,18 +153,18 @@ def load(location: str) -> dict[str, Any]:
 # environments on resume
 # ---------------------------------------------------------------------------------------------
 
-def restore_envs(data: dict, venv, policy, cfg, device: torch.device,
+def restore_envs(data: dict, venv, policy, seed: int, device: torch.device,
                  action_log: list[torch.Tensor]) -> Carry:
     """Bring ``venv`` back to where the checkpoint stopped and return the carry to continue with.
 
-    With a recorded action log the envs are reset with the run's seed and the actions replayed (exact
-    resume); otherwise they are re-seeded with ``seed + global_step`` and the memory starts empty.
+    With a recorded action log the envs are reset with the run's ``seed`` and the actions replayed
+    (exact resume); otherwise they are re-seeded with ``seed + global_step`` and the memory starts
+    empty.
     """
     actions = data.get("actions")
     if actions is None:
-        reseeded = cfg.__class__(**{**cfg.to_dict(), "seed": cfg.seed + data["global_step"]})
-        return initial_carry(policy, venv, reseeded, device)
-    venv.reset(seed=cfg.seed)
+        return initial_carry(policy, venv, seed + data["global_step"], device)
+    venv.reset(seed=seed)
     space = venv.single_action_space
     dtype = policy.head.action_dtype()
     obs = None

@@ -1,5 +1,7 @@
-"""IMPALA-style learner: actor processes, shared-memory unrolls, V-trace, one learner. Reads as
-``take_batch()``, ``update()`` (one learner step) and ``train()``; the actors are ``agents.actors``.
+"""IMPALA-style learner: actors, unroll slots, V-trace, one learner. Reads as ``Intake`` (fresh
+unrolls from the actor pool), ``take_batch()``, ``update()`` (one learner step) and ``train()``; the
+actors are ``agents.actor`` with two transports, ``agents.local_actors`` (processes, shared memory)
+and ``agents.ray_actors`` (``--actors ray``); the run around the updates is ``agents.runloop``.
 
 The learner (on ``--device``) batches ``--learner-batch`` unrolls, re-runs the core from their start
 states with resets applied inside, computes V-trace targets and takes one gradient step on the
@@ -10,9 +12,9 @@ make that several passes over random groups of the batch's unrolls, V-trace reco
 moved policy at each step; ``--pg-loss clipped`` (APPO) then replaces the policy gradient by PPO's
 clipped surrogate of the ratio to the learner's policy before the update, on the same advantages
 weighted by that policy's clipped importance weight against the actor's (``policy_loss``).
-It publishes new weights through a shared state_dict guarded by a sequence counter (no lock that a
-killed actor could leave held). Unrolls acted by a policy more than ``--max-policy-lag`` updates old
-are dropped.
+It publishes new weights to the actors after each update (local actors: a shared state_dict
+guarded by a sequence counter, no lock that a killed actor could leave held). Unrolls acted by a
+policy more than ``--max-policy-lag`` updates old are dropped.
 
 One gradient step per batch by default (PPO takes ``update_epochs * num_minibatches``): the paper's
 IMPALA needs small batches (few envs per actor, ``--learner-batch 1``) to get enough updates out of
@@ -20,8 +22,8 @@ a step budget; APPO gets them from PPO-sized batches (``--learner-epochs 4 --lea
 4``).
 
 An actor that dies is reported in the log and ``actors.log`` and restarted with fresh environments;
-the learner's weights are untouched. Ctrl-C or SIGTERM stops the run after the current update and
-writes a checkpoint; the actors are terminated in ``finally``.
+the learner's weights are untouched. Ctrl-C or SIGTERM stops the run after the current update (or
+while it waits for unrolls) and writes a checkpoint; the actors are stopped on every way out.
 
 Truncated episodes bootstrap from the value of the final observation computed by the actor (with
 its weights and the memory after the step), as PPO's collect does; V-trace's discounts are zero only
@@ -31,29 +33,104 @@ fresh environments seeded past the steps already taken (the run is asynchronous,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-import os
-import signal
-import sys
-import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from agents import checkpoint as ckpt
-from agents.actors import ActorFailedError, Buffers, make_pool
+from agents.actor import ActorFailedError, ActorPool, Buffers
 from agents.config import TrainConfig
-from agents.evaluate import finish_run
-from agents.logger import Logger
-from agents.ppo import NonFiniteLossError, _log, _postfix, _StopFlag, interim_eval
+from agents.local_actors import LocalActorPool
+from agents.ray_actors import RayActorPool
 from agents.returns import vtrace
-from agents.rollout import Carry, EpisodeStats, Timers
-from policies.actor_critic import ActorCritic, obs_zeros, tree_map
+from agents.rollout import EpisodeStats, Timers
+from agents.runloop import RunLoop, check_finite
+from policies.actor_critic import ActorCritic, tree_map
 
 State = tuple[torch.Tensor, ...]
+
+
+# ---------------------------------------------------------------------------------------------
+# the actors' unrolls
+# ---------------------------------------------------------------------------------------------
+
+def make_pool(cfg: TrainConfig, policy: ActorCritic, seed_offset: int,
+              report: Callable[[str], None]) -> ActorPool:
+    """The actor pool of ``cfg.actors``: local processes or Ray actors, one interface."""
+    pool = RayActorPool if cfg.actors == "ray" else LocalActorPool
+    return pool(cfg, policy, seed_offset, report)
+
+
+class Intake:
+    """The learner's side of the pool: batches of unrolls fresh enough for its weights, the actors'
+    episodes and seconds, and what it saw (policy lag, unrolls dropped as too old)."""
+
+    def __init__(self, pool: ActorPool, cfg: TrainConfig):
+        self.pool, self.batch_size, self.max_lag = pool, cfg.learner_batch, cfg.max_policy_lag
+        self.steps_per_unroll = cfg.unroll_length * (cfg.num_envs // cfg.num_actors)
+        self.lags: list[int] = []            # since the last ``perf``
+        self.lag_sum = self.lag_count = 0    # before that
+        self.dropped = self.dropped_steps = 0
+
+    def gather(self, version: int, stopped: Callable[[], bool]) -> list[int] | None:
+        """``--learner-batch`` full slots acted by weights at most ``--max-policy-lag`` versions
+        older than ``version`` (older ones go back to their actors); None once ``stopped()``."""
+        pool, slots = self.pool, []
+        while len(slots) < self.batch_size and not stopped():
+            pool.wait(timeout=0.0 if pool.full else 0.5)  # also notices dead actors
+            while pool.full and len(slots) < self.batch_size:
+                slot = pool.take()
+                lag = version - int(pool.buffers.version[slot])
+                if self.max_lag is not None and lag > self.max_lag:
+                    self.dropped += 1
+                    self.dropped_steps += self.steps_per_unroll
+                    pool.release(slot)
+                else:
+                    self.lags.append(lag)
+                    slots.append(slot)
+        if stopped():
+            for slot in slots:
+                pool.release(slot)
+            return None
+        return slots
+
+    def batch(self, slots: list[int], device: torch.device) -> Batch:
+        """The slots copied to the learner's device; they go back to their actors."""
+        batch = take_batch(self.pool.buffers, slots, device)
+        for slot in slots:
+            self.pool.release(slot)
+        return batch
+
+    def drain(self, stats: EpisodeStats, timers: Timers) -> None:
+        """Move the episodes the actors finished and their env and inference seconds to the run."""
+        pool = self.pool
+        stats.add_new(pool.episodes.take_new())
+        timers.env += pool.env_s
+        timers.inference += pool.inference_s
+        pool.env_s = pool.inference_s = 0.0
+
+    def perf(self) -> dict[str, float]:
+        """perf/ scalars of the updates since the last call (called on the updates that log)."""
+        out = {}
+        if self.lags:
+            out = {"policy_lag_mean": float(np.mean(self.lags)),
+                   "policy_lag_max": float(max(self.lags))}
+        self.lag_sum += sum(self.lags)
+        self.lag_count += len(self.lags)
+        self.lags = []
+        return out | {"dropped_unrolls": self.dropped, "actor_restarts": self.pool.restarts}
+
+    def summary(self) -> dict[str, Any]:
+        """IMPALA's entries of summary.json."""
+        lag_sum, lag_count = self.lag_sum + sum(self.lags), self.lag_count + len(self.lags)
+        return {"policy_lag_mean": round(lag_sum / lag_count, 3) if lag_count else None,
+                "dropped_unrolls": self.dropped, "dropped_steps": self.dropped_steps,
+                "actor_restarts": self.pool.restarts, "actor_errors": self.pool.errors[-10:]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,15 +154,19 @@ class Batch:
     state: State                # core state before step 0, the opaque tuple with batch N
     proximal_logprobs: torch.Tensor  # [T, N] PPO's old policy for --pg-loss clipped (mu until set)
 
-    def split(self, parts: int) -> list["Batch"]:
+    def split(self, parts: int) -> list[Batch]:
         """The unrolls in ``parts`` random groups of equal size (one group: the batch itself)."""
         if parts == 1:
             return [self]
         n = self.rewards.shape[1]
         groups = torch.randperm(n, device=self.rewards.device).view(parts, n // parts)
         # every field is a tensor tree with the unrolls on dim 1 (the state: [num_layers, N, H])
-        return [Batch(**{f.name: tree_map(lambda x: x.index_select(1, idx), getattr(self, f.name))
-                         for f in dataclasses.fields(self)}) for idx in groups]
+        def part(idx: torch.Tensor) -> Batch:
+            pick = lambda x: x.index_select(1, idx)
+            return Batch(**{f.name: tree_map(pick, getattr(self, f.name))
+                            for f in dataclasses.fields(self)})
+
+        return [part(idx) for idx in groups]
 
 
 def take_batch(buf: Buffers, slots: list[int], device: torch.device) -> Batch:
@@ -149,10 +230,7 @@ def update(policy: ActorCritic, optimizer: torch.optim.Optimizer, b: Batch,
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     params = [p for p in policy.parameters() if p.requires_grad]
-    grad_norm = nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-    if not bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):
-        raise NonFiniteLossError(f"loss became {loss.item()} (gradient norm {grad_norm.item()}): "
-                                 "lower --learning-rate or --max-grad-norm")
+    check_finite(loss, nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
     optimizer.step()
     with torch.no_grad():
         log_rho = logp.detach() - b.logprobs
@@ -166,15 +244,6 @@ def update(policy: ActorCritic, optimizer: torch.optim.Optimizer, b: Batch,
                 .gt(cfg.clip_coef).float().mean(),
                 "approx_kl": ((log_rho.exp() - 1) - log_rho).mean(),
                 "explained_variance": explained}
-
-
-def _empty_carry(policy: ActorCritic) -> Carry:
-    """The checkpoint's carry: the actors' environments are not saved (they restart on resume)."""
-    head = policy.head
-    return Carry(obs=obs_zeros(policy.observation_space, (0,), "cpu"),
-                 reset=torch.zeros(0, dtype=torch.bool),
-                 prev_action=torch.zeros(0, *head.action_shape(), dtype=head.action_dtype()),
-                 prev_reward=torch.zeros(0), state=policy.initial_state(0, "cpu"))
 
 
 def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: torch.device,
@@ -196,159 +265,30 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
         The summary dict (also in ``run_dir/summary.json``); ``status`` is "finished",
         "interrupted", "diverged: ..." or "failed: ..." (an actor that cannot start).
     """
-    from tqdm import tqdm
-
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
-    stats, timers = EpisodeStats(), Timers()
-    logger = Logger(run_dir, purge_step=resume["global_step"] if resume else None)
-    global_step, update_idx, wall_before = 0, 0, 0.0
-    best_success: float | None = None
-    if resume is not None:
-        policy.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        global_step, update_idx = resume["global_step"], resume["update"]
-        wall_before, best_success = resume["wall_time_s"], resume["best_success_rate"]
-        stats.load_state_dict(resume["stats"])
-        ckpt.set_rng_state(resume["rng"])
-    bar = tqdm(total=cfg.num_updates * cfg.batch_size, initial=global_step, unit="step",
-               unit_scale=True, dynamic_ncols=True, disable=not cfg.progress, desc="impala",
-               smoothing=0.1)
-
-    def report(message: str) -> None:
-        bar.write(message, file=sys.stderr)
-        with open(os.path.join(run_dir, "actors.log"), "a") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} step {global_step}: {message}\n")
-
-    pool = make_pool(cfg, policy, seed_offset=global_step, report=report)  # --actors local or ray
-    pool.publish(policy, update_idx)
-
-    def save() -> str:
-        return ckpt.save(run_dir, cfg=cfg, policy=policy, optimizer=optimizer,
-                         global_step=global_step, update=update_idx,
-                         wall_time_s=wall_before + time.perf_counter() - start,
-                         carry=_empty_carry(policy), stats=stats, best_success_rate=best_success,
-                         action_log=None)
-
-    start = time.perf_counter()
-    start_step = global_step
-    status = "finished"
-    lags: list[int] = []
-    lag_sum, lag_count, dropped, dropped_steps, wait_s = 0, 0, 0, 0, 0.0
-    totals = {"env": 0.0, "inference": 0.0, "learn": 0.0, "wait": 0.0}
-    steps_per_unroll = cfg.unroll_length * (cfg.num_envs // cfg.num_actors)
-    old_term = signal.getsignal(signal.SIGTERM)
-    try:
-        with _StopFlag() as interrupted:
-            try:
-                signal.signal(signal.SIGTERM, interrupted._handle)   # termination: stop like Ctrl-C
-            except ValueError:  # not the main thread
-                pass
-            pool.start()
-            while update_idx < cfg.num_updates:
-                if cfg.anneal_lr:
-                    for group in optimizer.param_groups:
-                        group["lr"] = (1.0 - update_idx / cfg.num_updates) * cfg.learning_rate
-                # gather learner_batch unrolls that are fresh enough
-                w0 = time.perf_counter()
-                slots: list[int] = []
-                while len(slots) < cfg.learner_batch and not interrupted.set:
-                    pool.wait(timeout=0.0 if pool.full else 0.5)  # also notices dead actors
-                    while pool.full and len(slots) < cfg.learner_batch:
-                        slot = pool.take()
-                        lag = update_idx - int(pool.buffers.version[slot])
-                        if cfg.max_policy_lag is not None and lag > cfg.max_policy_lag:
-                            dropped += 1
-                            dropped_steps += steps_per_unroll
-                            pool.release(slot)
-                        else:
-                            lags.append(lag)
-                            slots.append(slot)
-                wait_s += time.perf_counter() - w0
-                if interrupted.set:
-                    for slot in slots:
-                        pool.release(slot)
-                    status = "interrupted"
-                    break
-
-                l0 = time.perf_counter()
-                batch = take_batch(pool.buffers, slots, device)
-                for slot in slots:
-                    pool.release(slot)
+    run = RunLoop(cfg, policy, optimizer, run_dir, device, resume, stop, on_progress, algo="impala",
+                  event_log="actors.log", failures=(ActorFailedError,))
+    pool = make_pool(cfg, policy, seed_offset=run.global_step, report=run.report)  # --actors
+    intake = Intake(pool, cfg)
+    pool.publish(policy, run.update)
+    with run, contextlib.closing(pool):  # the actors are stopped on every way out
+        pool.start()
+        while run.next_update():
+            with run.timing("wait"):
+                slots = intake.gather(run.update, stopped=lambda: run.interrupted)
+            if slots is None:
+                break  # Ctrl-C or SIGTERM while waiting for unrolls
+            with run.timing("learn"):
+                batch = intake.batch(slots, device)
                 policy.train()
                 if cfg.pg_loss == "clipped":  # PPO's old policy: the learner's, before this update
                     with torch.no_grad():
                         batch.proximal_logprobs = rerun(policy, batch)[0][:-1]
-                try:
-                    for _epoch in range(cfg.learner_epochs):
-                        for part in batch.split(cfg.learner_minibatches):
-                            losses = update(policy, optimizer, part, cfg)
-                except NonFiniteLossError as err:
-                    status = f"diverged: {err}"
-                    break
-                update_idx += 1
-                pool.publish(policy, update_idx)
-                timers.learn += time.perf_counter() - l0
-                timers.env += pool.env_s
-                timers.inference += pool.inference_s
-                pool.env_s = pool.inference_s = 0.0
-                global_step += cfg.batch_size
-
-                pe = pool.episodes
-                stats.new_returns += pe.new_returns
-                stats.new_lengths += pe.new_lengths
-                stats.new_successes += pe.new_successes
-                stats.episodes += pe.episodes
-                pe.new_returns, pe.new_lengths, pe.new_successes, pe.episodes = [], [], [], 0
-                episodes = stats.flush()
-                recent_return, recent_success = stats.recent()
-                best_success = stats.best_success(best_success)
-                sps = (global_step - start_step) / max(time.perf_counter() - start, 1e-9)
-                if update_idx % cfg.log_every == 0 or update_idx == cfg.num_updates:
-                    for k in ("env", "inference", "learn"):
-                        totals[k] += getattr(timers, k)
-                    totals["wait"] += wait_s
-                    _log(logger, policy, global_step, update_idx, cfg, episodes, losses, timers,
-                         sps, optimizer.param_groups[0]["lr"])
-                    logger.scalar("perf/wait_s", wait_s, global_step)
-                    if lags:
-                        logger.scalar("perf/policy_lag_mean", float(np.mean(lags)), global_step)
-                        logger.scalar("perf/policy_lag_max", float(max(lags)), global_step)
-                    logger.scalar("perf/dropped_unrolls", dropped, global_step)
-                    logger.scalar("perf/actor_restarts", pool.restarts, global_step)
-                    lag_sum, lag_count = lag_sum + sum(lags), lag_count + len(lags)
-                    lags, wait_s = [], 0.0
-                    timers.reset()
-                if cfg.eval_every and update_idx % cfg.eval_every == 0 and update_idx < cfg.num_updates:
-                    interim_eval(logger, policy, cfg, device, global_step)
-                progress = {"step": global_step, "update": update_idx, "sps": sps,
-                            "return": recent_return, "success": recent_success}
-                bar.update(cfg.batch_size)
-                bar.set_postfix_str(_postfix(progress), refresh=False)
-                if on_progress is not None:
-                    on_progress(progress)
-                if update_idx % cfg.save_every == 0 and update_idx < cfg.num_updates:
-                    save()
-                if interrupted.set or (stop is not None and stop(update_idx)):
-                    status = "interrupted"
-                    break
-    except ActorFailedError as err:
-        status = f"failed: {err}"
-        report(status)
-    finally:
-        pool.close()
-        try:
-            signal.signal(signal.SIGTERM, old_term)
-        except ValueError:
-            pass
-        bar.close()
-    lag_sum, lag_count = lag_sum + sum(lags), lag_count + len(lags)
-    checkpoint_path = ckpt.path(run_dir) if status.startswith("diverged") else save()
-    wall = wall_before + time.perf_counter() - start
-    extra = {"num_actors": cfg.num_actors,
-             "policy_lag_mean": round(lag_sum / lag_count, 3) if lag_count else None,
-             "dropped_unrolls": dropped, "dropped_steps": dropped_steps,
-             "actor_restarts": pool.restarts, "actor_errors": pool.errors[-10:]}
-    return finish_run(cfg, policy, device, logger, algo="impala", status=status, stats=stats,
-                      global_step=global_step, updates=update_idx, wall=wall,
-                      best_success=best_success, checkpoint=checkpoint_path, run_dir=run_dir,
-                      perf_s=totals, extra=extra)
+                for _epoch in range(cfg.learner_epochs):
+                    for part in batch.split(cfg.learner_minibatches):
+                        losses = update(policy, optimizer, part, cfg)
+                pool.publish(policy, run.update + 1)  # the version this update makes
+            intake.drain(run.stats, run.timers)
+            run.collected(cfg.batch_size)
+            run.end_update(losses, perf=intake.perf)
+    return run.finish(extra={"num_actors": cfg.num_actors, **intake.summary()})

@@ -1,13 +1,13 @@
 """IMPALA's actors as Ray actors (``--actors ray``): the same actors and unrolls as
-``agents.actors``, carried by Ray instead of shared memory, on one machine or a Ray cluster.
+``agents.local_actors``, carried by Ray instead of shared memory, on one machine or a Ray cluster.
 
-Each ``UnrollWorker`` is a Ray actor (one CPU, one torch thread) holding an ``agents.actors.Actor``:
+Each ``UnrollWorker`` is a Ray actor (one CPU, one torch thread) holding an ``agents.actor.Actor``:
 its envs, a CPU copy of the policy and the carry between unrolls. A call to ``unroll`` first asks
 the ``WeightStore`` actor for the newest weights (the learner ``ray.put``s its state_dict once per
 update and hands the store the reference), loads them if they are newer than the ones it has, then
 fills a private one-slot ``Buffers`` and returns that slot's tensors through Ray's object store.
 
-The learner side, ``RayActorPool``, has the interface of ``agents.actors.ActorPool``: every slot of
+The learner side, ``RayActorPool``, implements ``agents.actor.ActorPool``: every slot of
 its (learner-private) ``Buffers`` is owned by one worker and has one ``unroll`` call in flight while
 it is free; a finished call is copied into its slot, which becomes full; releasing a slot submits
 the next call. So the learner code is the same for both transports.
@@ -34,13 +34,13 @@ import os
 import signal
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from agents.actors import MAX_CONSECUTIVE_FAILURES, Actor, ActorFailedError, Buffers, actor_seed
+from agents.actor import Actor, ActorFailedError, Buffers, SlotBook, actor_seed
 from agents.config import TrainConfig
-from agents.rollout import EpisodeStats
 from policies.actor_critic import ActorCritic
 
 
@@ -112,7 +112,7 @@ def init_ray(address: str | None, num_actors: int) -> bool:
     ray = import_ray()
     if ray.is_initialized():
         return False
-    quiet = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    quiet = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False}
     sigterm = signal.getsignal(signal.SIGTERM)
     if address is None:  # "local": a new instance even where RAY_ADDRESS or `ray start` is around
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -127,38 +127,24 @@ def init_ray(address: str | None, num_actors: int) -> bool:
     return True
 
 
-class RayActorPool:
-    """``agents.actors.ActorPool``'s interface over Ray actors (see the module docstring)."""
+class RayActorPool(SlotBook):
+    """``agents.actor.ActorPool`` over Ray actors (see the module docstring)."""
 
     def __init__(self, cfg: TrainConfig, policy: ActorCritic, seed_offset: int,
                  report: Callable[[str], None]):
+        super().__init__(cfg, policy, shared=False)
         self.cfg = cfg
-        self.per_actor = max(2, -(-cfg.learner_batch // cfg.num_actors) + 1)
-        self.buffers = Buffers(policy, cfg.num_actors * self.per_actor, cfg.unroll_length,
-                               cfg.num_envs // cfg.num_actors, shared=False)
         self.seed_offset, self.report = seed_offset, report
         n = cfg.num_actors
         self.workers: list[Any] = []
         self.store = None
-        self.generation = [0] * n
         self.ready = [False] * n          # the worker answered since its last (re)start
         self.pids: list[int | None] = [None] * n
-        self.unrolls_since_start = [0] * n
-        self.failures_in_a_row = [0] * n
         self.ping_failures = [0] * n
         self.calls: dict[Any, tuple[int, int | None, int]] = {}  # ref -> (actor, slot, generation)
-        self.full: list[int] = []
-        self.held: set[int] = set()
-        self.restarts = 0
-        self.errors: list[str] = []
-        self.episodes = EpisodeStats()
-        self.env_s = self.inference_s = 0.0
         self.owns_ray = False
         self._published: tuple[dict, int] | None = None
         self._weights_ref = None
-
-    def owner(self, slot: int) -> int:
-        return slot // self.per_actor
 
     def publish(self, policy: ActorCritic, version: int) -> None:
         """``ray.put`` the weights and hand the reference to the store (before ``start``: then)."""
@@ -197,12 +183,7 @@ class RayActorPool:
 
     def _free_slots(self, i: int) -> list[int]:
         busy = {s for (_, s, _) in self.calls.values()} | self.held | set(self.full)
-        return [s for s in range(i * self.per_actor, (i + 1) * self.per_actor) if s not in busy]
-
-    def take(self) -> int:
-        slot = self.full.pop(0)
-        self.held.add(slot)
-        return slot
+        return [s for s in self.slots(i) if s not in busy]
 
     def release(self, slot: int) -> None:
         self.held.discard(slot)
@@ -245,16 +226,7 @@ class RayActorPool:
     def _store(self, i: int, slot: int, out: dict) -> None:
         for dst, src in zip(self.buffers.tensors(), out["tensors"]):
             dst[slot].copy_(src)
-        self.full.append(slot)
-        self.unrolls_since_start[i] += 1
-        self.failures_in_a_row[i] = 0
-        eps = out["episodes"]
-        self.episodes.new_returns += eps["r"]
-        self.episodes.new_lengths += eps["l"]
-        self.episodes.new_successes += eps["s"]
-        self.episodes.episodes += len(eps["r"])
-        self.env_s += out["env_s"]
-        self.inference_s += out["inference_s"]
+        self.received(i, slot, out["episodes"], out["env_s"], out["inference_s"])
 
     def _raised(self, i: int, err: Exception) -> None:
         cause = getattr(err, "cause", None) or err
@@ -274,14 +246,7 @@ class RayActorPool:
         self._ping(i)
 
     def _died(self, i: int, how: str) -> None:
-        if self.unrolls_since_start[i] == 0:
-            self.failures_in_a_row[i] += 1
-        if self.failures_in_a_row[i] >= MAX_CONSECUTIVE_FAILURES:
-            raise ActorFailedError(f"actor {i} died {self.failures_in_a_row[i]} times in a row "
-                                   f"before producing an unroll; last error: {how}")
-        self.restarts += 1
-        self.generation[i] += 1
-        self.unrolls_since_start[i] = 0
+        self.count_death(i, how)
         self.report(f"actor {i} died ({how}); Ray restarts it, with fresh environments "
                     f"(restart {self.restarts} of the run)")
         self._ping(i)

@@ -21,15 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from agents import (
-    commands,
-    ppo,  # noqa: E402
-    runfolder,
-)
-from agents.config import (
-    TrainConfig,  # noqa: E402
-    parse_kwargs,
-)
+from agents import commands, ppo, runfolder, runloop  # noqa: E402
+from agents.config import TrainConfig, parse_kwargs  # noqa: E402
 from policies.cores.kernels import cpu_info  # noqa: E402
 
 
@@ -52,17 +45,17 @@ def measure(cfg: TrainConfig, updates: int, warmup: int = 1) -> dict:
         run_dir = make_run_dir(logdir, cfg.env, cfg.core, cfg.seed)
         # timers: capture the per-update values before train() logs and resets them
         per_update: list[dict] = []
-        orig_log = ppo._log
+        orig_log = runloop.log_scalars
 
         def log(logger, policy, step, update_idx, cfg_, episodes, losses, timers, sps, lr):
             per_update.append({"env": timers.env, "inference": timers.inference, "learn": timers.learn})
             orig_log(logger, policy, step, update_idx, cfg_, episodes, losses, timers, sps, lr)
 
-        ppo._log = log
+        runloop.log_scalars = log
         try:
             summary = ppo.train(cfg, venv, policy, run_dir, device, on_progress=on_progress)
         finally:
-            ppo._log = orig_log
+            runloop.log_scalars = orig_log
             venv.close()
     (t0, s0), (t1, s1) = marks[warmup - 1], marks[-1]
     measured = per_update[warmup:]

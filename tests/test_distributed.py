@@ -14,7 +14,7 @@ from torch import multiprocessing as mp
 from agents import commands, distributed, ppo
 from agents.config import TrainConfig
 from agents.returns import gae
-from agents.rollout import EpisodeStats, Timers, initial_carry
+from agents.rollout import EpisodeStats, Rollout, Timers, collect, initial_carry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # norm_adv off: advantages normalised per rank are not those normalised over the union
@@ -28,11 +28,10 @@ def _rollout(cfg: TrainConfig):
     torch.manual_seed(0)
     venv = commands.make_env(cfg)
     policy = commands.make_policy(cfg, venv, torch.device("cpu"))
-    ro = ppo.Rollout(cfg, policy, torch.device("cpu"))
-    carry = initial_carry(policy, venv, cfg, torch.device("cpu"))
+    ro = Rollout.zeros(policy, cfg.num_steps, cfg.num_envs, cfg.seq_len, torch.device("cpu"))
+    carry = initial_carry(policy, venv, cfg.seed, torch.device("cpu"))
     for _ in range(2):  # the second rollout starts mid-episode, with memory
-        carry = ppo.collect(policy, venv, ro, carry, cfg, EpisodeStats(), Timers(),
-                            torch.device("cpu"))
+        carry = collect(policy, venv, ro, carry, EpisodeStats(), Timers())
     venv.close()
     return policy, ro
 
@@ -41,15 +40,17 @@ def _half(ro, rank: int, world: int):
     """Envs rank*B..(rank+1)*B-1 of the rollout: what that rank would have collected."""
     B = ro.rewards.shape[1] // world
     cols = slice(rank * B, (rank + 1) * B)
-    part = object.__new__(ppo.Rollout)
+    part = {}
     for name, x in vars(ro).items():
         if name == "states":  # each [K, layers, B, H]
-            part.states = tuple(s[:, :, cols].clone() for s in x)
+            part[name] = tuple(s[:, :, cols].clone() for s in x)
         elif name == "next_value":
-            part.next_value = x[cols].clone()
+            part[name] = x[cols].clone()
+        elif name == "seq_len":
+            part[name] = x
         else:  # [T, B, ...] (obs may be a tree; here a tensor)
-            setattr(part, name, x[:, cols].clone())
-    return part
+            part[name] = x[:, cols].clone()
+    return Rollout(**part)
 
 
 def _grads_after_update(policy, ro, cfg):

@@ -18,7 +18,7 @@ import torch
 from gymnasium import spaces
 
 import train
-from agents import actors, commands, impala, ppo
+from agents import actor, commands, impala, local_actors
 from agents.config import ConfigError, TrainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,20 +98,13 @@ def test_learner_rerun_reproduces_the_behaviour_logprobs():
     log-probabilities, so on-policy importance ratios are exactly 1."""
     cfg = TrainConfig(algo="impala", env_kwargs={"length": 3}, num_envs=3, num_actors=1,
                       unroll_length=7, hidden_size=8, embed_size=8, core="urlstm", progress=False)
-    torch.manual_seed(0)
-    venv = actors.make_actor_envs(cfg, 3, seed=5)
-    policy = actors.make_actor_policy(cfg, venv)
-    buf = actors.Buffers(policy, num_buffers=2, unroll_length=7, envs_per_actor=3)
-    local = TrainConfig(**{**cfg.to_dict(), "num_steps": 7, "seq_len": 7, "num_minibatches": 1})
-    carry = ppo.initial_carry(policy, venv, local, torch.device("cpu"))
-    stats, timers = ppo.EpisodeStats(), ppo.Timers()
+    me = actor.Actor(cfg, seed=5)
+    policy = me.policy
+    buf = actor.Buffers(policy, num_buffers=2, unroll_length=7, envs_per_actor=3)
     for slot in (0, 1):
-        view = actors._SlotView(buf, slot, 7, torch.zeros(7, 3), torch.zeros(3))
-        carry = ppo.collect(policy, venv, view, carry, local, stats, timers, torch.device("cpu"))
-        buf.obs[slot, 7] = carry.obs
-        buf.reset[slot, 7], buf.prev_action[slot, 7], buf.prev_reward[slot, 7] = (
-            carry.reset, carry.prev_action, carry.prev_reward)
-    venv.close()
+        me.unroll(buf, slot, version=slot)
+    me.close()
+    assert buf.version.tolist() == [0, 1]
     assert buf.reset[:, :7].any()
     assert any(s[1].abs().sum() > 0 for s in buf.states)  # the second unroll starts mid-memory
     batch = impala.take_batch(buf, [0, 1], torch.device("cpu"))
@@ -168,15 +161,11 @@ def test_clipped_policy_loss():
 def test_update_changes_the_weights_and_reports_losses():
     cfg = TrainConfig(algo="impala", env_kwargs={"length": 3}, num_envs=2, num_actors=1,
                       unroll_length=5, hidden_size=8, embed_size=8, core="gru", progress=False)
-    venv = actors.make_actor_envs(cfg, 2, seed=1)
-    policy = actors.make_actor_policy(cfg, venv)
-    buf = actors.Buffers(policy, 1, 5, 2)
-    local = TrainConfig(**{**cfg.to_dict(), "num_steps": 5, "seq_len": 5, "num_minibatches": 1})
-    carry = ppo.initial_carry(policy, venv, local, torch.device("cpu"))
-    view = actors._SlotView(buf, 0, 5, torch.zeros(5, 2), torch.zeros(2))
-    ppo.collect(policy, venv, view, carry, local, ppo.EpisodeStats(), ppo.Timers(),
-                torch.device("cpu"))
-    venv.close()
+    me = actor.Actor(cfg, seed=1)
+    policy = me.policy
+    buf = actor.Buffers(policy, 1, 5, 2)
+    me.unroll(buf, 0, version=0)
+    me.close()
     before = [p.detach().clone() for p in policy.parameters()]
     opt = torch.optim.Adam(policy.parameters(), lr=1e-2)
     losses = impala.update(policy, opt, impala.take_batch(buf, [0], torch.device("cpu")), cfg)
@@ -189,10 +178,10 @@ def test_update_changes_the_weights_and_reports_losses():
 def test_shared_weights_publish_and_fetch():
     cfg = TrainConfig(algo="impala", env_kwargs={"length": 3}, num_envs=1, num_actors=1,
                       hidden_size=8, embed_size=8, progress=False)
-    venv = actors.make_actor_envs(cfg, 1, seed=1)
-    a, b = actors.make_actor_policy(cfg, venv), actors.make_actor_policy(cfg, venv)
+    venv = actor.make_actor_envs(cfg, 1, seed=1)
+    a, b = actor.make_actor_policy(cfg, venv), actor.make_actor_policy(cfg, venv)
     venv.close()
-    shared = actors.SharedWeights(a)
+    shared = local_actors.SharedWeights(a)
     shared.publish(a, 3)
     assert shared.fetch(b, have=-1) == 3
     for k, v in a.state_dict().items():

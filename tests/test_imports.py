@@ -1,7 +1,8 @@
 """No import circle inside the project: the graph of the import statements that run when a module is
 imported (at module level, inside ``if``/``try`` blocks and class bodies too, ``if TYPE_CHECKING:``
-included) has no cycle. Imports deferred into a function body run only when it is called and are
-not counted (``imported(..., deferred=True)`` counts them)."""
+included) has no cycle, and neither has the graph that also counts the imports deferred into
+function bodies (``imported(..., deferred=True)``): a circle broken only by an import inside a
+function is still a circle."""
 
 from __future__ import annotations
 
@@ -88,12 +89,17 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def import_graph() -> dict[str, set[str]]:
+def import_graph(deferred: bool = False) -> dict[str, set[str]]:
     mods = project_modules()
     known = set(mods)
     # a package's __init__ runs before its submodules: "import a.b" depends on "a" too, which is
     # harmless here since the packages' __init__ files import none of their submodules' importers
-    return {name: imported(name, file, known) for name, file in mods.items()}
+    return {name: imported(name, file, known, deferred) for name, file in mods.items()}
+
+
+# Known circle, through imports inside functions, until policies/cores/kernels.py is split into
+# building/loading the library, the ops and CPU identification: remove it from here then.
+KNOWN_DEFERRED_CIRCLES = {("policies.cores.kernels", "policies.cores.selfcheck")}
 
 
 def test_the_project_has_no_import_circle():
@@ -101,6 +107,15 @@ def test_the_project_has_no_import_circle():
     assert len(graph) > 30 and "agents.ppo" in graph  # the walk found the package
     cycle = find_cycle(graph)
     assert cycle is None, "import circle: " + " -> ".join(cycle)
+
+
+def test_no_import_circle_even_through_imports_inside_functions():
+    graph = import_graph(deferred=True)
+    assert "envs" in graph["agents.actor"]  # imported inside make_actor_envs: counted
+    for a, b in KNOWN_DEFERRED_CIRCLES:
+        graph[b].discard(a)
+    cycle = find_cycle(graph)
+    assert cycle is None, "import circle (imports in functions counted): " + " -> ".join(cycle)
 
 
 def test_policies_cores_and_supervised_import_only_what_the_design_allows():

@@ -11,7 +11,9 @@ import train
 from agents import checkpoint as ckpt
 from agents import commands, ppo
 from agents.config import TrainConfig
+from agents.rollout import EpisodeStats, Rollout, Timers, collect, initial_carry
 from agents.runfolder import UsageError
+from policies.actor_critic import ActorCritic
 
 TINY = ["--env", "urlstm/TMazePassive-v0", "--env-kwargs", "length=3", "--num-envs", "4", "--num-steps", "8",
         "--seq-len", "4", "--num-minibatches", "2", "--update-epochs", "2", "--hidden-size", "16",
@@ -72,8 +74,8 @@ def test_truncation_bootstraps_from_final_obs_with_current_state():
     torch.manual_seed(0)
     venv = commands.make_env(cfg)
     policy = commands.make_policy(cfg, venv, torch.device("cpu"))
-    ro = ppo.Rollout(cfg, policy, torch.device("cpu"))
-    carry = ppo.initial_carry(policy, venv, cfg, torch.device("cpu"))
+    ro = Rollout.zeros(policy, cfg.num_steps, cfg.num_envs, cfg.seq_len, torch.device("cpu"))
+    carry = initial_carry(policy, venv, cfg.seed, torch.device("cpu"))
     finals = {}
     orig_step = venv.step
 
@@ -88,7 +90,7 @@ def test_truncation_bootstraps_from_final_obs_with_current_state():
         return out
     step.t = 0
     venv.step = step
-    ppo.collect(policy, venv, ro, carry, cfg, ppo.EpisodeStats(), ppo.Timers(), torch.device("cpu"))
+    collect(policy, venv, ro, carry, EpisodeStats(), Timers())
     venv.close()
     cut = ro.truncated & ~ro.terminated
     assert cut.any(), "the time limit should truncate some episodes"
@@ -148,7 +150,7 @@ def test_same_seed_same_metrics(tmp_path):
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, capsys):
     calls = {"n": 0}
-    evaluate = ppo.ActorCritic.evaluate
+    evaluate = ActorCritic.evaluate
 
     def poisoned(self, *args, **kwargs):
         calls["n"] += 1
@@ -157,7 +159,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, ca
             out = out._replace(value=out.value * float("nan"))
         return out
 
-    monkeypatch.setattr(ppo.ActorCritic, "evaluate", poisoned)
+    monkeypatch.setattr(ActorCritic, "evaluate", poisoned)
     code, s = run(tmp_path, "--total-steps", "96", "--save-every", "1")
     assert code == 1 and s["status"].startswith("diverged")
     assert "error: training stopped" in capsys.readouterr().out
