@@ -9,7 +9,7 @@ from gymnasium import spaces
 
 from policies.actor_critic import ActorCritic, ActionHead, make_encoder, obs_to_tensor, obs_zeros, tree_map
 
-CORES = ["lstm", "gru", "urlstm", "urgru", "lstm:C-", "mlp"]
+CORES = ["lstm", "gru", "urlstm", "urgru", "lstm:C-", "mlp", "stack:3"]
 
 
 def sample_obs(space, lead, seed=0):
