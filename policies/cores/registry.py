@@ -16,7 +16,8 @@ from .torch_rnn import GRU, LSTM
 GRID_CELLS = tuple(x + y for x in PRIMARY for y in AUXILIARY)
 ALIASES = {"urlstm": "lstm:UR", "urgru": "gru:UR"}
 NAMED = ("lstm", "gru", "urlstm", "urgru", "mlp")
-CORE_SPECS: tuple[str, ...] = NAMED + tuple(f"{family}:{cell}" for family in ("lstm", "gru") for cell in GRID_CELLS)
+CORE_SPECS: tuple[str, ...] = NAMED + tuple(
+    f"{family}:{cell}" for family in ("lstm", "gru") for cell in GRID_CELLS)
 """Every core without a parameter in its name; ``stack:K`` (K >= 1) is valid besides these."""
 STACK_FORM = "stack:K with K an integer >= 1 (e.g. stack:4)"
 

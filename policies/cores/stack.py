@@ -26,8 +26,9 @@ class StackCore(CoreMixin, nn.Module):
         dropout: as torch.nn.LSTM's, between the MLP layers.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = False,
-                 window: int = 4, impl: str = "fast", dropout: float = 0.0) -> None:
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 batch_first: bool = False, window: int = 4, impl: str = "fast",
+                 dropout: float = 0.0) -> None:
         super().__init__()
         self.input_size = check_size("input_size", input_size)
         self.hidden_size = check_size("hidden_size", hidden_size)
@@ -51,21 +52,22 @@ class StackCore(CoreMixin, nn.Module):
         if self.impl == "reference":
             return self._loop(x, past, keep)
         K = self.window
-        windows = torch.cat([past, x]).unfold(0, K, 1).permute(0, 1, 3, 2)  # [T, B, K, D], oldest first
+        windows = torch.cat([past, x]).unfold(0, K, 1).permute(0, 1, 3, 2)  # [T, B, K, D]
         if keep is not None:
-            # slot j of step t holds the input of step t-K+1+j; it belongs to step t's episode iff it
-            # is not older than the last episode start at or before t
+            # slot j of step t holds the input of step t-K+1+j; it belongs to step t's episode
+            # iff it is not older than the last episode start at or before t
             steps = torch.arange(T, device=x.device)
             start = torch.where(keep[..., 0] == 0, steps[:, None], -K).cummax(0).values  # [T, B]
             slot_step = steps[:, None] - (K - 1) + torch.arange(K, device=x.device)    # [T, K]
-            windows = windows * (slot_step[:, None, :] >= start[:, :, None]).unsqueeze(-1).to(x.dtype)
+            inside = slot_step[:, None, :] >= start[:, :, None]                        # [T, B, K]
+            windows = windows * inside.unsqueeze(-1).to(x.dtype)
         y = run_tanh_layers(self.net, windows.reshape(T, B, K * D), self.dropout, self.training)
         final = windows[-1, :, 1:].transpose(0, 1)  # [K-1, B, D]
         return y, (final,) if self.state_size else ()
 
     def _loop(self, x: Tensor, past: Tensor, keep: Tensor | None):
-        """The reference: one step at a time, the reset convention applied to the window as it is."""
-        T, B, D = x.shape
+        """The reference: one step at a time, the reset convention applied to the window itself."""
+        T, B, _ = x.shape
         ys = []
         for t in range(T):
             if keep is not None:
@@ -80,6 +82,6 @@ class StackCore(CoreMixin, nn.Module):
         return None
 
     def extra_repr(self) -> str:
-        return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, window={self.window}, "
-                f"impl={self.impl!r}, batch_first={self.batch_first}"
+        return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
+                f"window={self.window}, impl={self.impl!r}, batch_first={self.batch_first}"
                 + (f", dropout={self.dropout}" if self.dropout else ""))
