@@ -352,7 +352,7 @@ def test_bad_arguments(bad, match):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("spec", ["lstm", "gru", "urlstm", "urgru", "lstm:OM"])
+@pytest.mark.parametrize("spec", ["lstm", "gru", "urlstm", "urgru", "lstm:OM", "stack:3"])
 def test_cuda_matches_cpu(spec):
     torch.manual_seed(0)
     core = make_core(spec, 5, 8)
