@@ -52,7 +52,9 @@ class StackCore(CoreMixin, nn.Module):
         if self.impl == "reference":
             return self._loop(x, past, keep)
         K = self.window
-        windows = torch.cat([past, x]).unfold(0, K, 1).permute(0, 1, 3, 2)  # [T, B, K, D]
+        seq = torch.cat([past, x])                                         # [K-1+T, B, D]
+        # slices, not Tensor.unfold: the ONNX exporter cannot take unfold with a dynamic batch
+        windows = torch.stack([seq[j:j + T] for j in range(K)], dim=2)   # [T, B, K, D]
         if keep is not None:
             # slot j of step t holds the input of step t-K+1+j; it belongs to step t's episode
             # iff it is not older than the last episode start at or before t
