@@ -91,7 +91,8 @@ class TrainConfig:
     the command line override its settings; config.json records the preset used (here its name)
     and the settings it supplied (preset_settings)."""
     core: str = "urlstm"
-    """Memory core: lstm, gru, urlstm, urgru, mlp (no memory), or a gate-grid variant such as lstm:UR."""
+    """Memory core: lstm, gru, urlstm, urgru, mlp (no memory), stack:K (no memory beyond a window
+    of the last K observations), or a gate-grid variant such as lstm:UR."""
     hidden_size: int = 128
     """Width of the memory core (its output and recurrent state)."""
     num_layers: int = 1

@@ -36,11 +36,13 @@ def model_size(cfg: TrainConfig, obs_space: spaces.Space, act_space: spaces.Spac
         encoder, head = make_encoder(obs_space), ActionHead(act_space, 1)
     E, H, L = cfg.embed_size, cfg.hidden_size, cfg.num_layers
     in_size = encoder.out_size + (head.encoding_size + 1 if cfg.prev_action_reward else 0)
+    # the frame-stack core stack:K reads K inputs at once and keeps the K - 1 before as its state
+    window = int(cfg.core.split(":")[1]) if cfg.core.startswith("stack:") else 1
     # per layer: four gate blocks of input and recurrent weights, two biases, a forget-gate bias
-    core = sum(4 * H * ((E if layer == 0 else H) + H + 2) + H for layer in range(L))
+    core = sum(4 * H * ((E * window if layer == 0 else H) + H + 2) + H for layer in range(L))
     heads = (H + 1) * (head.linear.out_features + 1)
     params = sum(p.numel() for p in encoder.parameters()) + (in_size + 1) * E + core + heads
-    return params, 2 * L * H
+    return params, max(2 * L * H, (window - 1) * E)
 
 
 def training_bytes(cfg: TrainConfig, obs_space: spaces.Space, act_space: spaces.Space

@@ -106,9 +106,11 @@ class Config:
             raise ConfigError(f"unknown dataset {self.dataset!r}; valid datasets: {', '.join(DATASETS)}")
         if not (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:")):
             raise ConfigError(f"--device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
-        from policies.cores import CORE_SPECS
-        if self.core not in CORE_SPECS:
-            raise ConfigError(f"unknown core {self.core!r}; valid cores: {', '.join(CORE_SPECS)}")
+        from policies.cores import check_core
+        try:
+            check_core(self.core)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
     @property
     def seq_len(self) -> int:

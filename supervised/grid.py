@@ -38,13 +38,15 @@ class GridConfig:
     """runs at a time (separate processes with --threads torch threads each)"""
 
     def __post_init__(self) -> None:
-        from policies.cores import CORE_SPECS
+        from policies.cores import check_core
 
         if not self.cores or not self.seeds:
             raise ConfigError("--cores and --seeds must each name at least one value")
-        bad = [c for c in self.cores if c not in CORE_SPECS]
-        if bad:
-            raise ConfigError(f"unknown core(s) {', '.join(bad)}; valid cores: {', '.join(CORE_SPECS)}")
+        try:
+            for core in self.cores:
+                check_core(core)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         if len(set(self.cores)) != len(self.cores) or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError("--cores and --seeds must not repeat a value")
         if self.jobs < 1:

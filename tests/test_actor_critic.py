@@ -16,7 +16,7 @@ from policies.actor_critic import (
     tree_map,
 )
 
-CORES = ["lstm", "gru", "urlstm", "urgru", "lstm:C-", "mlp"]
+CORES = ["lstm", "gru", "urlstm", "urgru", "lstm:C-", "mlp", "stack:3"]
 
 
 def sample_obs(space, lead, seed=0):

@@ -16,7 +16,7 @@ from policies.cores import base as core_base
 from test_cores import backend  # noqa: F401  (the fixture: compiled scan, then Python scan)
 
 P = 0.5
-FAMILIES = ["lstm", "gru", "mlp", "urlstm", "urgru", "lstm:O-", "gru:CM"]  # each constructor and loop
+FAMILIES = ["lstm", "gru", "mlp", "urlstm", "urgru", "lstm:O-", "gru:CM", "stack:3"]  # each constructor and loop
 
 
 def _x(T=6, B=3, D=5, seed=0):
@@ -57,7 +57,7 @@ def test_lstm_and_gru_equal_torch_with_dropout_in_train_and_eval_mode(cls, spec,
     assert not torch.equal(y_a, y_b)  # train mode draws masks
 
 
-@pytest.mark.parametrize("spec", CORE_SPECS)
+@pytest.mark.parametrize("spec", [*CORE_SPECS, "stack:3"])
 @pytest.mark.usefixtures("backend")
 def test_eval_mode_is_no_dropout_and_train_mode_drops(spec):
     torch.manual_seed(0)

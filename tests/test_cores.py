@@ -12,7 +12,9 @@ from torch import nn
 from policies.cores import CORE_SPECS, URLSTM, kernels, make_core
 from policies.cores import gates as G
 
-RECURRENT = [s for s in CORE_SPECS if s != "mlp"]
+STACKS = ["stack:1", "stack:3", "stack:9"]  # no state, a window shorter and one longer than T = 7
+ALL = [*CORE_SPECS, *STACKS]
+RECURRENT = [s for s in ALL if s != "mlp"]  # every core with a fast path and a reference
 GRID = [s for s in CORE_SPECS if ":" in s]
 
 
@@ -78,7 +80,7 @@ def test_fast_equals_reference(spec, with_reset, backend):
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("spec", ["urlstm", "lstm:OM", "gru:UR", "gru:O-"])
+@pytest.mark.parametrize("spec", ["urlstm", "lstm:OM", "gru:UR", "gru:O-", "stack:3"])
 def test_fast_scan_gradcheck(spec, backend):
     _, fast = _pair(spec, D=3, H=3)
     x, r = _inputs(T=6, B=3, D=3)
@@ -122,7 +124,7 @@ def test_matches_torch(kind, torch_cls, impl, T):
     torch.testing.assert_close(s1[0], s0[0] if kind == "lstm" else s0)
 
 
-@pytest.mark.parametrize("spec", CORE_SPECS)
+@pytest.mark.parametrize("spec", ALL)
 def test_resets_equal_separate_episodes(spec):
     """A batch element whose episode restarts at t=3 equals two independent runs from zeros."""
     torch.manual_seed(0)
@@ -141,7 +143,7 @@ def test_resets_equal_separate_episodes(spec):
     torch.testing.assert_close(y[:, 1:], y_c)
 
 
-@pytest.mark.parametrize("spec", CORE_SPECS)
+@pytest.mark.parametrize("spec", ALL)
 def test_step_equals_sequence(spec):
     torch.manual_seed(0)
     core = make_core(spec, 5, 4, num_layers=2).double()
@@ -157,11 +159,13 @@ def test_step_equals_sequence(spec):
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("spec", ["lstm", "gru", "urlstm", "urgru", "mlp"])
-def test_batch_first(spec):
+@pytest.mark.parametrize("spec,impl", [(s, i) for s in ("lstm", "gru", "urlstm", "urgru", "stack:3")
+                                       for i in ("fast", "reference")] + [("mlp", None)])
+def test_batch_first(spec, impl):
     torch.manual_seed(0)
-    core = make_core(spec, 5, 4)
-    bf = make_core(spec, 5, 4, batch_first=True)
+    options = {} if impl is None else {"impl": impl}
+    core = make_core(spec, 5, 4, **options)
+    bf = make_core(spec, 5, 4, batch_first=True, **options)
     bf.load_state_dict(core.state_dict())
     x = torch.randn(6, 3, 5)
     r = torch.zeros(6, 3, dtype=torch.bool)
@@ -292,9 +296,45 @@ def test_mlp_has_empty_state():
     assert y.shape == (5, 4, 8) and s == ()
 
 
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+def test_stack_is_an_mlp_over_the_last_k_inputs(impl):
+    """stack:3 written out: y[t] = tanh(W [x[t-2], x[t-1], x[t]] + b), zeros before the episode's
+    first input (at t < 2 and across a reset); its state is the last K-1 inputs, oldest first."""
+    torch.manual_seed(0)
+    core = make_core("stack:3", 5, 4, impl=impl).double()
+    x, _ = _inputs(T=7, B=2, reset=False)
+    reset = torch.zeros(7, 2, dtype=torch.bool)
+    reset[4, 1] = True
+    y, (window,) = core(x, None, reset)
+    lin = core.net[0]
+    zero = torch.zeros(2, 5, dtype=torch.float64)
+    padded = torch.cat([zero.expand(2, 2, 5), x])  # [T + 2, B, D]
+    for t in range(7):
+        parts = [padded[t], padded[t + 1], padded[t + 2]]
+        if t in (4, 5):  # element 1 restarts at t = 4: what came before is not in its window
+            parts = [p.clone() for p in parts]
+            for p in parts[:6 - t]:
+                p[1] = 0
+        torch.testing.assert_close(y[t], torch.tanh(lin(torch.cat(parts, -1))))
+    assert window.shape == (2, 2, 5)
+    torch.testing.assert_close(window, x[-2:])
+    mlp = make_core("mlp", 5, 4).double()
+    one = make_core("stack:1", 5, 4, impl=impl).double()
+    one.load_state_dict(mlp.state_dict())
+    y1, s1 = one(x, None, reset)
+    torch.testing.assert_close(y1, mlp(x)[0])
+    assert s1 == () and one.initial_state(2) == ()
+
+
 @pytest.mark.parametrize("bad,match", [
     (lambda: make_core("lstm2", 3, 4), "unknown core 'lstm2'; valid cores: lstm, gru, urlstm"),
     (lambda: make_core("lstm:XR", 3, 4), "unknown core"),
+    (lambda: make_core("stack:0", 3, 4), r"invalid core 'stack:0': .* stack:K with K an integer >= 1"),
+    (lambda: make_core("stack:-1", 3, 4), "stack:K with K an integer >= 1"),
+    (lambda: make_core("stack:x", 3, 4), "stack:K with K an integer >= 1"),
+    (lambda: make_core("stack:2", 3, 4)(torch.randn(5, 2, 3), (torch.zeros(1, 2, 4),)),
+     r"state must be 1 tensor\(s\) of shape \[1, 2, 3\]"),
+    (lambda: make_core("stack:2", 3, 4, forget_bias=1.0), "does not take option"),
     (lambda: make_core("urlstm", 3, 0), "hidden_size must be a positive integer"),
     (lambda: make_core("lstm", 3, 0), "hidden_size must be a positive integer"),
     (lambda: make_core("gru", 0, 4), "input_size must be a positive integer"),
@@ -312,7 +352,7 @@ def test_bad_arguments(bad, match):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("spec", ["lstm", "gru", "urlstm", "urgru", "lstm:OM"])
+@pytest.mark.parametrize("spec", ["lstm", "gru", "urlstm", "urgru", "lstm:OM", "stack:3"])
 def test_cuda_matches_cpu(spec):
     torch.manual_seed(0)
     core = make_core(spec, 5, 8)

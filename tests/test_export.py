@@ -17,7 +17,7 @@ import envs
 from policies.actor_critic import ActorCritic, obs_to_tensor
 from policies.export import ExportError, OneStep, export, export_checkpoint
 
-CORES = ["urlstm", "urgru", "lstm", "gru", "lstm:CR", "mlp"]
+CORES = ["urlstm", "urgru", "lstm", "gru", "lstm:CR", "mlp", "stack:3"]
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 
 

@@ -92,12 +92,13 @@ def wait_until_gone(pids: set[int], timeout: float = 10.0) -> set[int]:
 # the learner sees what the actor did
 # ---------------------------------------------------------------------------------------------
 
-def test_learner_rerun_reproduces_the_behaviour_logprobs():
+@pytest.mark.parametrize("core", ["urlstm", "stack:3"])
+def test_learner_rerun_reproduces_the_behaviour_logprobs(core):
     """Two consecutive unrolls written by the actor's code path into shared slots; the learner's
     re-run from each slot's start state (episodes straddle unrolls, resets inside) gives the same
     log-probabilities, so on-policy importance ratios are exactly 1."""
     cfg = TrainConfig(algo="impala", env_kwargs={"length": 3}, num_envs=3, num_actors=1,
-                      unroll_length=7, hidden_size=8, embed_size=8, core="urlstm", progress=False)
+                      unroll_length=7, hidden_size=8, embed_size=8, core=core, progress=False)
     me = actor.Actor(cfg, seed=5)
     policy = me.policy
     buf = actor.Buffers(policy, num_buffers=2, unroll_length=7, envs_per_actor=3)

@@ -25,7 +25,7 @@ def run(tmp_path, *flags, name="run", stop=None):
     return code, summary
 
 
-@pytest.mark.parametrize("core", ["lstm", "gru", "urlstm", "urgru", "lstm:CR", "gru:O-", "mlp"])
+@pytest.mark.parametrize("core", ["lstm", "gru", "urlstm", "urgru", "lstm:CR", "gru:O-", "mlp", "stack:4"])
 def test_every_core_family_trains(tmp_path, core):
     code, s = run(tmp_path, "--core", core, "--total-steps", "64")
     assert code == 0 and s["status"] == "finished"
@@ -66,10 +66,12 @@ def test_dict_observations_and_truncation(tmp_path):
     assert code == 0 and s["final_return"] is not None
 
 
-def test_truncation_bootstraps_from_final_obs_with_current_state():
-    """final_values[t] == V(final obs) computed from the memory after step t (recomputed here)."""
+@pytest.mark.parametrize("core", ["gru", "stack:3"])
+def test_truncation_bootstraps_from_final_obs_with_current_state(core):
+    """final_values[t] == V(final obs) computed from the memory after step t (recomputed here from
+    the state the rollout stored)."""
     cfg = TrainConfig(env="CartPole-v1", env_kwargs={"max_episode_steps": 5, "vectorization": "sync"},
-                      core="gru", num_envs=3, num_steps=12, seq_len=12, num_minibatches=1, hidden_size=8,
+                      core=core, num_envs=3, num_steps=12, seq_len=12, num_minibatches=1, hidden_size=8,
                       embed_size=8, progress=False)
     torch.manual_seed(0)
     venv = commands.make_env(cfg)

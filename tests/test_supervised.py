@@ -213,6 +213,9 @@ def test_config_errors():
         Config(task="sort")
     with pytest.raises(ConfigError, match="unknown core"):
         Config(core="lstm:XX")
+    with pytest.raises(ConfigError, match="stack:K with K an integer >= 1"):
+        Config(core="stack:-1")
+    assert Config(core="stack:4").core == "stack:4"
     with pytest.raises(ConfigError, match="--lag"):
         Config(lag=0)
     assert Config(task="copy").hidden_size == 256 and Config(task="adding").batch_size == 50

@@ -37,6 +37,7 @@ def test_render_templates():
 @pytest.mark.parametrize("argv,message", [
     (["--sweep", "length"], "--sweep takes KEY=V1,V2"),
     (["--cores", "lstm,nope"], "unknown core 'nope'"),
+    (["--cores", "lstm,stack:x"], "invalid core 'stack:x'"),
     (["--seeds", "a"], "--seeds takes a count"),
     (["--sweep", "length=4", "--", "--num-steps", "{length}", "--seq-len", "3"],
      "run lstm__length4__s1: --num-steps (4) must be a multiple of --seq-len (3)"),

@@ -49,6 +49,7 @@ def test_bad_flag_in_a_subprocess_is_one_line_and_exit_code_2():
 
 @pytest.mark.parametrize("argv,message", [
     (["--core", "nope"], "unknown core 'nope'"),
+    (["--core", "stack:0"], "invalid core 'stack:0': the frame-stack core is stack:K with K an integer >= 1"),
     (["--env", "NoSuchEnv-v0"], "unknown environment id"),
     (["--hidden-size", "-3"], "--hidden-size must be a positive integer"),
     (["--num-envs", "0"], "--num-envs must be a positive integer"),

@@ -60,13 +60,17 @@ class CoreMixin:
     num_layers: int
     batch_first: bool
 
+    def state_shape(self, batch_size: int) -> tuple[int, int, int]:
+        """Shape of each state tensor: [num_layers, B, H] (batch on dim 1 for every core)."""
+        return (self.num_layers, batch_size, self.hidden_size)
+
     def initial_state(self, batch_size: int, device: torch.device | str | None = None,
                       dtype: torch.dtype | None = None) -> State:
-        """Zeros: a tuple of ``state_size`` tensors [num_layers, B, H]."""
+        """Zeros: a tuple of ``state_size`` tensors of ``state_shape(batch_size)``."""
         ref = next(self.parameters(), None)
         device = device if device is not None else (ref.device if ref is not None else None)
         dtype = dtype or (ref.dtype if ref is not None else torch.get_default_dtype())
-        shape = (self.num_layers, batch_size, self.hidden_size)
+        shape = self.state_shape(batch_size)
         return tuple(torch.zeros(shape, device=device, dtype=dtype) for _ in range(self.state_size))
 
     def forward(self, x: Tensor, state: State | Tensor | None = None, reset: Tensor | None = None):
@@ -120,7 +124,7 @@ class CoreMixin:
         if state is None:
             state = self.initial_state(B, x.device, x.dtype)
         state = tuple(state)
-        expected = (self.num_layers, B, self.hidden_size)
+        expected = self.state_shape(B)
         if len(state) != self.state_size or any(tuple(s.shape) != expected for s in state):
             got = [tuple(s.shape) for s in state]
             raise ValueError(f"state must be {self.state_size} tensor(s) of shape {list(expected)}, got {got}")
