@@ -6,6 +6,7 @@ The graph (ONNX or TorchScript) has the inputs, in this order,
                          named ``obs.<key>`` / ``obs.<i>``); float32, int64 for Discrete and
                          MultiDiscrete, uint8 for uint8 images
     state_0, state_1...  the core's state tensors, each [num_layers, B, hidden_size] float32
+                         ([K - 1, B, embed_size] for stack:K)
                          (two for LSTM-like cores, one for GRU-like ones, none for ``mlp``)
     episode_start        [B] bool: True clears the state and the previous action and reward
     prev_action          [B, *action_shape] the network's previous action (int64 index from 0,
