@@ -15,7 +15,7 @@ from typing import Annotated, Any, Callable, Literal, Sequence
 
 import tyro
 
-from agents.config import Kwargs, OptInt, TrainConfig
+from agents.config import ConfigError, Kwargs, OptInt, TrainConfig
 from agents.runfolder import UsageError, one_line, resolve_device, seed_everything
 
 # ---------------------------------------------------------------------------------------------
@@ -316,7 +316,7 @@ def run_compare(args: CompareArgs, train_flags: Sequence[str], check: Callable[[
     def check_run(flags: Sequence[str]) -> None:
         try:
             check(list(flags))
-        except UsageError as err:
+        except (UsageError, ConfigError) as err:
             raise ValueError(str(err)) from None
 
     cores = [c.strip() for c in args.cores.split(",") if c.strip()]

@@ -134,7 +134,8 @@ def test_extending_core_passes_the_checks_of_every_core(monkeypatch):
         test_cores.test_fast_equals_reference("rnn", with_reset, "python")
     test_cores.test_resets_equal_separate_episodes("rnn")
     test_cores.test_step_equals_sequence("rnn")
-    test_cores.test_batch_first("rnn")
+    for impl in ("fast", "reference"):
+        test_cores.test_batch_first("rnn", impl)
     test_cores.test_calls_leave_parameters_untouched("rnn", "python")
     with pytest.raises(ValueError, match="impl must be"):
         rnn(3, 4, impl="cuda")
