@@ -136,6 +136,36 @@ def test_a_policy_without_previous_action_and_reward_has_no_such_inputs(tmp_path
             state = want[2:]
 
 
+def test_the_action_mask_is_an_input_that_masks_the_logits(tmp_path):
+    torch.manual_seed(0)
+    venv = envs.make("masked-recall", num_envs=4, seed=0, length=3, strict=True)
+    model = ActorCritic(venv.single_observation_space, venv.single_action_space, core="gru",
+                        hidden_size=8, embed_size=8, head_gain=3.0).eval()
+    run = Runners(model, tmp_path)
+    assert run.names[:2] == ["obs.action_mask", "obs.observation"]
+    obs, _ = venv.reset()
+    state = model.initial_state(4, "cpu")
+    start = torch.ones(4, dtype=torch.bool)
+    prev_action, prev_reward = torch.zeros(4, dtype=torch.long), torch.zeros(4)
+    masked = 0
+    with torch.no_grad():
+        for t in range(30):  # strict: an argmax on a masked action raises
+            x = obs_to_tensor(venv.single_observation_space, obs, "cpu")
+            want = live_step(model, x, state, start, prev_action, prev_reward)
+            allowed = x["action_mask"] != 0
+            want = (want[0].masked_fill(~allowed, torch.finfo(torch.float32).min), *want[1:])
+            onnx_out, script_out = run(x["action_mask"], x["observation"], *state, start,
+                                       prev_action, prev_reward)
+            assert_same(onnx_out, want, f"onnx step {t}")
+            assert_same(script_out, want, f"torchscript step {t}")
+            masked += int((~allowed).sum())
+            action = onnx_out[0].argmax(-1)
+            obs, reward, term, trunc, _ = venv.step(action.numpy())
+            state, start = want[2:], torch.as_tensor(term | trunc)
+            prev_action, prev_reward = action, torch.as_tensor(reward, dtype=torch.float32)
+    assert masked > 30 and venv.invalid_actions.sum() == 0
+
+
 def test_the_reset_clears_state_and_previous_action_and_reward(tmp_path):
     torch.manual_seed(0)
     model = ActorCritic(spaces.Box(-1.0, 1.0, (3,), np.float32), spaces.Discrete(3), core="urlstm",
