@@ -30,6 +30,13 @@ def live_step(model: ActorCritic, obs, state, start, prev_action, prev_reward):
     return (*head, model.value_head(y).squeeze(-1), *state)
 
 
+def first_step(model: ActorCritic, venv):
+    """The first observation of ``venv`` (reset) and the policy's inputs at an episode start."""
+    n = venv.num_envs
+    return (venv.reset()[0], model.initial_state(n, "cpu"), torch.ones(n, dtype=torch.bool),
+            torch.zeros(n, dtype=torch.long), torch.zeros(n))
+
+
 class Runners:
     """The exported ONNX graph and TorchScript module of one model, called with tensors."""
 
@@ -63,10 +70,7 @@ def test_exported_step_matches_the_policy_over_tmaze_episodes(core, tmp_path):
     model = ActorCritic(venv.single_observation_space, venv.single_action_space, core=core,
                         hidden_size=16, embed_size=16, num_layers=2, head_gain=1.0).eval()
     run = Runners(model, tmp_path)
-    obs, _ = venv.reset()
-    state = model.initial_state(4, "cpu")
-    start = torch.ones(4, dtype=torch.bool)
-    prev_action, prev_reward = torch.zeros(4, dtype=torch.long), torch.zeros(4)
+    obs, state, start, prev_action, prev_reward = first_step(model, venv)
     starts = 0
     with torch.no_grad():
         for t in range(40):  # episodes of 6 steps or fewer: every env starts several
@@ -143,10 +147,7 @@ def test_the_action_mask_is_an_input_that_masks_the_logits(tmp_path):
                         hidden_size=8, embed_size=8, head_gain=3.0).eval()
     run = Runners(model, tmp_path)
     assert run.names[:2] == ["obs.action_mask", "obs.observation"]
-    obs, _ = venv.reset()
-    state = model.initial_state(4, "cpu")
-    start = torch.ones(4, dtype=torch.bool)
-    prev_action, prev_reward = torch.zeros(4, dtype=torch.long), torch.zeros(4)
+    obs, state, start, prev_action, prev_reward = first_step(model, venv)
     masked = 0
     with torch.no_grad():
         for t in range(30):  # strict: an argmax on a masked action raises
