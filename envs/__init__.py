@@ -18,6 +18,7 @@ _SINGLE = {
         "envs.visual_match:VisualMatchPassiveEnv", {"distractor_steps": 60}),
     "urlstm/VisualMatchActive-v0": (
         "envs.visual_match:VisualMatchActiveEnv", {"distractor_steps": 60}),
+    "urlstm/MaskedRecall-v0": ("envs.masked_recall:MaskedRecallEnv", {"length": 3, "num_actions": 4}),
 }
 for _id, (_entry, _kwargs) in _SINGLE.items():
     if _id not in gym.registry:

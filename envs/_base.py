@@ -54,6 +54,22 @@ def hash_uniform(
     return (h >> _S11).astype(np.float64) * (1.0 / 9007199254740992.0)
 
 
+def obs_rows(obs: np.ndarray | dict[str, np.ndarray], idx: np.ndarray) -> list:
+    """Copies of the observations of envs ``idx`` (dicts of arrays for a Dict space)."""
+    if isinstance(obs, dict):
+        return [{k: v[i].copy() for k, v in obs.items()} for i in idx]
+    return [obs[i].copy() for i in idx]
+
+
+def set_obs_rows(obs: np.ndarray | dict[str, np.ndarray], idx: np.ndarray, new: Any) -> None:
+    """Write the observations ``new`` ([K, ...] or a dict of them) into rows ``idx`` of ``obs``."""
+    if isinstance(obs, dict):
+        for k, v in obs.items():
+            v[idx] = new[k]
+    else:
+        obs[idx] = new
+
+
 def _random_seed() -> int:
     return int(np.random.SeedSequence().entropy) % (2**63)
 
@@ -123,8 +139,9 @@ class BatchedEnv(VectorEnv):
         """
         raise NotImplementedError
 
-    def _observe(self, idx: np.ndarray | None = None) -> np.ndarray:
-        """Observations of all envs ([N, *obs_shape]) or of envs ``idx`` ([K, *obs_shape])."""
+    def _observe(self, idx: np.ndarray | None = None) -> np.ndarray | dict[str, np.ndarray]:
+        """Observations of all envs ([N, *obs_shape]) or of envs ``idx`` ([K, *obs_shape]); a
+        dict of such arrays for a Dict observation space."""
         raise NotImplementedError
 
     def _render_env(self, i: int) -> np.ndarray:
@@ -211,7 +228,8 @@ class BatchedEnv(VectorEnv):
         done = terminated.copy()
         idx = np.flatnonzero(done)
         final = np.empty(self.num_envs, dtype=object)
-        final[idx] = np.fromiter(obs[idx].copy(), dtype=object, count=len(idx))  # row views
+        for i, row in zip(idx, obs_rows(obs, idx)):
+            final[i] = row
         info = {
             "final_obs": final,
             "_final_obs": done,
@@ -227,7 +245,7 @@ class BatchedEnv(VectorEnv):
         self._returns[idx] = 0.0
         self._lengths[idx] = 0
         self._reset_envs(idx)
-        obs[idx] = self._observe(idx)
+        set_obs_rows(obs, idx, self._observe(idx))
         return obs, reward, terminated, truncated, info
 
     def render(self) -> tuple[np.ndarray, ...] | None:
@@ -272,14 +290,14 @@ class SingleEnv(gym.Env):
             core._episodes += np.uint64(1)
         self._episode_started = True
         core._reset_envs(core._all)
-        return core._observe()[0].copy(), {}
+        return obs_rows(core._observe(), [0])[0], {}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         a = np.asarray(action, dtype=np.int64).reshape(1)
         if not 0 <= a[0] < self._core._num_actions:
             raise ValueError(f"action must be in [0, {self._core._num_actions}), got {action!r}")
         reward, terminated, success = self._core._advance(a)
-        obs = self._core._observe()[0].copy()
+        obs = obs_rows(self._core._observe(), [0])[0]
         done = bool(terminated[0])
         info = {"success": float(success[0])} if done else {}
         return obs, float(reward[0]), done, False, info

@@ -22,6 +22,7 @@ from gymnasium import spaces
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv, VectorWrapper
 
 from envs._base import BatchedEnv
+from envs.masked_recall import MaskedRecallVector
 from envs.memory_chain import MemoryChainVector
 from envs.minigrid_view import FastView
 from envs.sharded import ShardedVectorEnv, usable_cores
@@ -34,6 +35,7 @@ NATIVE: dict[str, type[BatchedEnv]] = {
     "urlstm/MemoryChain-v0": MemoryChainVector,
     "urlstm/VisualMatchPassive-v0": VisualMatchPassiveVector,
     "urlstm/VisualMatchActive-v0": VisualMatchActiveVector,
+    "urlstm/MaskedRecall-v0": MaskedRecallVector,
 }
 ALIASES: dict[str, str] = {
     "tmaze-passive": "urlstm/TMazePassive-v0",
@@ -41,6 +43,7 @@ ALIASES: dict[str, str] = {
     "memory-chain": "urlstm/MemoryChain-v0",
     "visual-match-passive": "urlstm/VisualMatchPassive-v0",
     "visual-match-active": "urlstm/VisualMatchActive-v0",
+    "masked-recall": "urlstm/MaskedRecall-v0",
 }
 # id prefix -> (module that registers those ids on import, what to install)
 _PACKAGES = {
@@ -48,7 +51,7 @@ _PACKAGES = {
     "BabyAI-": ("minigrid", "pip install minigrid"),
     "popgym-": ("popgym", 'pip install popgym  (or pip install "urlstm[popgym]")'),
 }
-_OBS_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete)
+_OBS_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
 _ACT_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete)
 
 
@@ -58,7 +61,8 @@ def make(env_id: str, num_envs: int, seed: int | None = None, **kwargs: Any) -> 
     Args:
         env_id: a native id (``urlstm/TMazePassive-v0``, ``urlstm/TMazeActive-v0``,
             ``urlstm/MemoryChain-v0``, ``urlstm/VisualMatchPassive-v0``,
-            ``urlstm/VisualMatchActive-v0``, or an alias from ``ALIASES``) or any Gymnasium id.
+            ``urlstm/VisualMatchActive-v0``, ``urlstm/MaskedRecall-v0``, or an alias from
+            ``ALIASES``) or any Gymnasium id.
         num_envs: N >= 1.
         seed: env i uses seed + i at the first ``reset()`` (which then needs no seed); the action
             space is seeded with it too. None: random.
@@ -174,7 +178,7 @@ def _check_spaces(env_id: str, obs_space: gym.Space, act_space: gym.Space) -> No
     if not all(isinstance(s, _OBS_SPACES) for s in subspaces):
         raise ValueError(
             f"{env_id}: observation space {obs_space} is not supported "
-            "(Box, Discrete, MultiDiscrete, or a Dict of those)"
+            "(Box, Discrete, MultiDiscrete, MultiBinary, or a Dict of those)"
         )
     if not isinstance(act_space, _ACT_SPACES):
         raise ValueError(

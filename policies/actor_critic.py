@@ -4,6 +4,9 @@ The encoder is chosen from the observation space: vectors are flattened, Discret
 become one-hot, image Boxes go through a small CNN, Dict/Tuple spaces are concatenated; the previous
 action and reward are appended (zeroed at episode starts), then one Linear+ReLU gives the core's input.
 The recurrent state is the core's opaque tuple; nothing here looks inside it.
+
+A Dict observation's ``action_mask`` key is not encoded: it masks the policy's logits
+(``policies.action_mask``), when acting and when re-evaluating stored observations alike.
 """
 
 from __future__ import annotations
@@ -17,6 +20,15 @@ from gymnasium import spaces
 from torch import nn
 from torch.nn import functional as F
 
+from policies.action_mask import (
+    MASK_KEY,
+    check_allowed,
+    check_mask_space,
+    has_mask,
+    mask_from_obs,
+    masked_logits,
+    without_mask,
+)
 from policies.cores import make_core
 from policies.space_codec import space_from_dict, space_to_dict
 
@@ -238,9 +250,14 @@ class ActionHead(nn.Module):
     def _split(self, logits: torch.Tensor) -> list[torch.Tensor]:
         return [F.log_softmax(part, -1) for part in logits.split(self.nvec, -1)]
 
-    def sample(self, h: torch.Tensor, greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """h [N, H] -> (action [N, *action_shape], logprob [N])."""
-        out = self.linear(h)
+    def sample(self, h: torch.Tensor, greedy: bool = False, mask: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """h [N, H], mask None or bool [N, sum(nvec)] -> (action [N, *action_shape], logprob [N]).
+
+        Masked actions (mask False) are never drawn nor taken greedily; ``logprob`` is that of the
+        distribution renormalised over the allowed actions.
+        """
+        out = masked_logits(self.linear(h), mask)
         if self.kind == "gaussian":
             std = self.log_std.exp()
             action = out if greedy else out + std * torch.randn_like(out)
@@ -256,24 +273,33 @@ class ActionHead(nn.Module):
         action = actions[0] if self.kind == "categorical" else torch.stack(actions, -1)
         return action, logprob
 
-    def logprob_entropy(self, h: torch.Tensor, action: torch.Tensor
+    def logprob_entropy(self, h: torch.Tensor, action: torch.Tensor,
+                        mask: torch.Tensor | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """h [N, H], action [N, *action_shape] -> (logprob [N], entropy [N], uniform_kl [N]).
+        """h [N, H], action [N, *action_shape], mask None or bool [N, sum(nvec)] ->
+        (logprob [N], entropy [N], uniform_kl [N]).
 
         ``uniform_kl`` is KL(uniform || pi) summed over the discrete components,
         ``-mean_a log pi(a) - log n`` (0 for Box actions): unlike the entropy its gradient does not
         vanish as an action's probability goes to 0, so as a penalty it keeps every action in play.
+        With a mask every term is that of the distribution renormalised over the allowed actions,
+        and the uniform of the KL is over the m allowed ones: ``-mean_allowed log pi(a) - log m``.
         """
-        out = self.linear(h)
+        out = masked_logits(self.linear(h), mask)
         if self.kind == "gaussian":
             entropy = (self.log_std + 0.5 * math.log(2 * math.pi * math.e)).sum().expand(h.shape[0])
             return self._normal_logprob(out, action), entropy, torch.zeros_like(entropy)
         cols = [action] if self.kind == "categorical" else action.unbind(-1)
+        allowed = [None] * len(cols) if mask is None else mask.split(self.nvec, -1)
         logprob, entropy, kl = 0.0, 0.0, 0.0
-        for logp, a in zip(self._split(out), cols):
+        for logp, a, ok in zip(self._split(out), cols, allowed):
             logprob = logprob + logp.gather(-1, a.unsqueeze(-1)).squeeze(-1)
-            entropy = entropy - (logp.exp() * logp).sum(-1)
-            kl = kl - logp.mean(-1) - math.log(logp.shape[-1])
+            entropy = entropy - (logp.exp() * logp).sum(-1)   # masked: 0 * (finite) = 0
+            if ok is None:
+                kl = kl - logp.mean(-1) - math.log(logp.shape[-1])
+            else:
+                m = ok.sum(-1).clamp(min=1).to(logp.dtype)
+                kl = kl - torch.where(ok, logp, 0.0).sum(-1) / m - m.log()
         return logprob, entropy, kl
 
     def _normal_logprob(self, mean: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
@@ -308,7 +334,9 @@ class ActorCritic(nn.Module):
     """Encoder -> memory core -> policy and value heads.
 
     Args:
-        observation_space: a single env's observation space.
+        observation_space: a single env's observation space; a Dict with an ``action_mask`` key
+            masks Discrete / MultiDiscrete actions (``policies.action_mask``; a mask of the wrong
+            shape raises ``ActionMaskError``).
         action_space: a single env's action space (Discrete, MultiDiscrete or Box).
         core: a spec of ``policies.cores.CORE_SPECS`` (e.g. "urlstm", "lstm", "mlp").
         hidden_size: core width.
@@ -331,8 +359,13 @@ class ActorCritic(nn.Module):
         self.arguments = {"core": core, "hidden_size": hidden_size, "num_layers": num_layers,
                           "embed_size": embed_size, "prev_action_reward": prev_action_reward,
                           "core_options": dict(core_options or {}), "head_gain": head_gain}
-        self.encoder = make_encoder(observation_space)
         self.head = ActionHead(action_space, hidden_size, head_gain)
+        # observations with an action mask: it masks the logits and is not an input
+        self.masked = has_mask(observation_space)
+        if self.masked:
+            check_mask_space(observation_space.spaces[MASK_KEY], self.head.nvec, action_space)
+        self.encoder = make_encoder(without_mask(observation_space) if self.masked
+                                    else observation_space)
         self.prev_action_reward = prev_action_reward
         in_size = self.encoder.out_size + (self.head.encoding_size + 1 if prev_action_reward else 0)
         self.trunk = nn.Sequential(nn.Linear(in_size, embed_size), nn.ReLU())
@@ -389,6 +422,16 @@ class ActorCritic(nn.Module):
         dtype = self.trunk[0].weight.dtype
         return self.trunk(torch.cat([p.to(dtype) for p in parts], 1)).reshape(*lead, -1)
 
+    def action_mask(self, obs: Obs, lead: tuple[int, ...]) -> torch.Tensor | None:
+        """The observations' action mask as bool [*lead, sum(nvec)]; None without one.
+
+        Raises:
+            ActionMaskError: a mask of the wrong shape.
+        """
+        if not self.masked:
+            return None
+        return mask_from_obs(obs, lead, sum(self.head.nvec))
+
     # -- acting -------------------------------------------------------------------------------
     def act(self, obs: Obs, state: State, reset: torch.Tensor, prev_action: torch.Tensor | None = None,
             prev_reward: torch.Tensor | None = None, greedy: bool = False) -> ActOutput:
@@ -405,10 +448,17 @@ class ActorCritic(nn.Module):
 
         Returns:
             ActOutput(action [B, ...], logprob [B], value [B], state).
+
+        Raises:
+            ActionMaskError: ``obs`` has an action mask of the wrong shape, or one that allows no
+                action for some env.
         """
+        mask = self.action_mask(obs, (reset.shape[0],))                             # [B, A]
+        if mask is not None:
+            check_allowed(mask, self.head.nvec)
         x = self._inputs(obs, reset, prev_action, prev_reward, (reset.shape[0],))   # [B, E]
         y, state = self.core.step(x, state, reset)                                 # [B, H]
-        action, logprob = self.head.sample(y, greedy)
+        action, logprob = self.head.sample(y, greedy, mask)
         return ActOutput(action, logprob, self.value_head(y).squeeze(-1), state)
 
     def value(self, obs: Obs, state: State, reset: torch.Tensor, prev_action: torch.Tensor | None = None,
@@ -425,7 +475,8 @@ class ActorCritic(nn.Module):
         """Re-run training sequences from their stored start states.
 
         Args:
-            obs: [T, B, ...] tensor tree.
+            obs: [T, B, ...] tensor tree (its action mask, if any, masks the distribution as it
+                did when acting).
             state0: core state before ``obs[0]`` (tuple of [L, B, H]).
             reset: [T, B] bool episode starts (the core applies them inside the sequence).
             actions: [T, B, *action_shape] actions taken.
@@ -440,7 +491,10 @@ class ActorCritic(nn.Module):
         x = self._inputs(obs, reset, prev_action, prev_reward, lead)   # [T, B, E]
         y, _ = self.core(x, state0, reset)                              # [T, B, H]
         flat = y.reshape(-1, y.shape[-1])
-        logprob, entropy, kl = self.head.logprob_entropy(flat, actions.reshape(-1, *actions.shape[2:]))
+        mask = self.action_mask(obs, lead)
+        logprob, entropy, kl = self.head.logprob_entropy(
+            flat, actions.reshape(-1, *actions.shape[2:]),
+            None if mask is None else mask.reshape(flat.shape[0], -1))
         value = self.value_head(flat).squeeze(-1)
         out = Evaluation(logprob.reshape(lead), entropy.reshape(lead), value.reshape(lead), kl.reshape(lead))
         return out if with_uniform_kl else out[:3]

@@ -112,7 +112,8 @@ class RecurrentPolicy:
             ``env.step`` (see ``env_action``), and the new ``PolicyState``.
 
         Raises:
-            ValueError: shapes that do not match the spaces, or a missing ``reward``.
+            ValueError: shapes that do not match the spaces, or a missing ``reward``;
+                ``ActionMaskError`` (a ValueError) for an action mask that allows no action.
         """
         start = _tensor(episode_start, self.device).bool().reshape(-1)
         n = start.shape[0]

@@ -18,7 +18,9 @@ The graph (ONNX or TorchScript) has the inputs, in this order,
 and the outputs ``logits`` [B, sum(nvec)] (Discrete / MultiDiscrete; one block of unnormalised
 log-probabilities per component) or ``action_mean`` and ``action_log_std`` [B, action_dim]
 (Box), then ``value`` [B] and ``next_state_0``, ``next_state_1``... shaped as the state inputs.
-The batch size B is free. Every core is exported through its reference path (the plain equations;
+A Dict observation's ``action_mask`` (input ``obs.action_mask``, float32
+[B, sum(nvec)], nonzero where allowed) masks ``logits``: masked entries are float32's lowest finite
+value, so an argmax or a softmax draw never picks them. The batch size B is free. Every core is exported through its reference path (the plain equations;
 the compiled and Triton scans cannot be traced), which the cores' tests hold equal to the fast path.
 """
 
@@ -36,6 +38,7 @@ from gymnasium import spaces
 from gymnasium.vector.utils import batch_space
 from torch import nn
 
+from policies.action_mask import masked_logits
 from policies.actor_critic import ActorCritic, obs_to_tensor
 from policies.deploy import RecurrentPolicy, load_policy, one_line
 
@@ -103,7 +106,7 @@ class OneStep(nn.Module):
         keep = (~reset).to(x.dtype).reshape(1, -1, 1)                           # [1, B, 1]
         y, new_state = m.core._scan(x.unsqueeze(0), tuple(s * keep for s in state), None)
         y = y.squeeze(0)                                                         # [B, H]
-        out = m.head.linear(y)
+        out = masked_logits(m.head.linear(y), m.action_mask(obs, (reset.shape[0],)))
         head = (out, m.head.log_std.expand_as(out)) if self.gaussian else (out,)
         return (*head, m.value_head(y).squeeze(-1), *new_state)
 

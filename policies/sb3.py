@@ -13,6 +13,12 @@ so the algorithm, its buffers, `predict` and `evaluate_policy` are untouched) an
   become the core's reset mask `[T, n_seq]` (urlstm.md section 4: a start zeroes the state before
   that step), so the whole padded batch is one core call. Padding sits at the end of each sequence
   and is masked out of the loss by RecurrentPPO, so it changes nothing.
+- Action masking, which RecurrentPPO lacks: a Dict observation with an `action_mask` key (the layout
+  of `policies.action_mask`) masks the logits of Discrete / MultiDiscrete actions in `forward`
+  (collecting), `get_distribution` (`predict`) and `evaluate_actions` (training), so the ratio is
+  taken between the same masked distributions. A row that allows nothing is left unmasked: the
+  buffer's zero padding looks like that, and RecurrentPPO drops those rows from the loss. The
+  features extractor still sees the mask as one more input, as sb3's extractors do with every key.
 
 Example:
     >>> from sb3_contrib import RecurrentPPO
@@ -23,11 +29,14 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch as th
 from gymnasium import spaces
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import (
     BaseFeaturesExtractor,
@@ -38,6 +47,7 @@ from stable_baselines3.common.torch_layers import (
 from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 
+from policies.action_mask import MASK_KEY, masked_logits
 from policies.cores import make_core
 
 __all__ = ["PolicyArgumentError", "URLSTMCnnPolicy", "URLSTMMultiInputPolicy", "URLSTMPolicy"]
@@ -232,6 +242,47 @@ class URLSTMPolicy(RecurrentActorCriticPolicy):
         if self._state_arity == 1:
             return y, (state[0], th.zeros_like(state[0]))
         return y, (th.zeros_like(h), th.zeros_like(h))
+
+    # -- action masking ------------------------------------------------------------------------
+    _action_mask: th.Tensor | None = None
+
+    @contextmanager
+    def _masking(self, obs: Any) -> Iterator[None]:
+        """Mask the distributions built inside the block with ``obs``'s action mask, if any."""
+        self._action_mask = None
+        if isinstance(obs, dict) and MASK_KEY in obs and isinstance(
+                self.action_space, (spaces.Discrete, spaces.MultiDiscrete)):
+            nvec = ([int(self.action_space.n)] if isinstance(self.action_space, spaces.Discrete)
+                    else [int(n) for n in self.action_space.nvec])
+            mask = obs[MASK_KEY]
+            mask = th.cat(list(mask), -1) if isinstance(mask, (tuple, list)) else mask
+            parts = (mask.reshape(mask.shape[0], -1) != 0).split(nvec, -1)
+            # a row allowing nothing (the buffer's padding) stays unmasked
+            self._action_mask = th.cat([p | ~p.any(-1, keepdim=True) for p in parts], -1)
+        try:
+            yield
+        finally:
+            self._action_mask = None
+
+    def _get_action_dist_from_latent(self, latent_pi: th.Tensor) -> Distribution:
+        if self._action_mask is None:
+            return super()._get_action_dist_from_latent(latent_pi)
+        logits = masked_logits(self.action_net(latent_pi), self._action_mask)
+        return self.action_dist.proba_distribution(action_logits=logits)
+
+    def forward(self, obs: Any, lstm_states: Any, episode_starts: th.Tensor,
+                deterministic: bool = False) -> tuple:
+        with self._masking(obs):
+            return super().forward(obs, lstm_states, episode_starts, deterministic)
+
+    def get_distribution(self, obs: Any, lstm_states: Any, episode_starts: th.Tensor) -> tuple:
+        with self._masking(obs):
+            return super().get_distribution(obs, lstm_states, episode_starts)
+
+    def evaluate_actions(self, obs: Any, actions: th.Tensor, lstm_states: Any,
+                         episode_starts: th.Tensor) -> tuple:
+        with self._masking(obs):
+            return super().evaluate_actions(obs, actions, lstm_states, episode_starts)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()

@@ -18,7 +18,27 @@ SMALL = {
     "urlstm/MemoryChain-v0": {"length": 4, "num_bits": 3},
     "urlstm/VisualMatchPassive-v0": {"distractor_steps": 6},
     "urlstm/VisualMatchActive-v0": {"distractor_steps": 6},
+    "urlstm/MaskedRecall-v0": {"length": 3, "num_actions": 4},
 }
+
+
+def row(obs, i: int):
+    """Observation ``i`` of a batch (a dict of rows for Dict observations)."""
+    return {k: v[i] for k, v in obs.items()} if isinstance(obs, dict) else obs[i]
+
+
+def assert_obs_equal(a, b) -> None:
+    """Equal observations, arrays or dicts of arrays."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    else:
+        np.testing.assert_array_equal(a, b)
+
+
+def obs_equal(a, b) -> bool:
+    return all((a[k] == b[k]).all() for k in a) if isinstance(a, dict) else bool((a == b).all())
 
 
 @pytest.mark.parametrize("env_id", envs.NATIVE_IDS)
@@ -44,7 +64,7 @@ def test_batched_equals_single_envs(env_id: str) -> None:
     singles = [gym.make(env_id, **SMALL[env_id]) for _ in range(n)]
     obs, _ = venv.reset()
     for i, env in enumerate(singles):
-        np.testing.assert_array_equal(obs[i], env.reset(seed=seed + i)[0])
+        assert_obs_equal(row(obs, i), env.reset(seed=seed + i)[0])
     ends = 0
     for a in _random_actions(venv.single_action_space, steps, n):
         obs, rew, term, trunc, info = venv.step(a)
@@ -54,12 +74,12 @@ def test_batched_equals_single_envs(env_id: str) -> None:
             assert (r, te, tr) == (pytest.approx(float(rew[i])), bool(term[i]), False)
             if te:
                 ends += 1
-                np.testing.assert_array_equal(info["final_obs"][i], o)
+                assert_obs_equal(info["final_obs"][i], o)
                 assert info["_success"][i] and info["success"][i] == inf["success"]
                 o = env.reset()[0]
             else:
                 assert "_final_obs" not in info or not info["_final_obs"][i]
-            np.testing.assert_array_equal(obs[i], o)
+            assert_obs_equal(row(obs, i), o)
     assert ends >= n
 
 
@@ -73,10 +93,11 @@ def test_batched_equals_gymnasium_sync_vector_env(env_id: str) -> None:
         assert venv.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
     assert fast.single_observation_space == slow.single_observation_space
     assert fast.single_action_space == slow.single_action_space
-    np.testing.assert_array_equal(fast.reset()[0], slow.reset()[0])
+    assert_obs_equal(fast.reset()[0], slow.reset()[0])
     for a in _random_actions(fast.single_action_space, 60, n, seed=1):
         f, s = fast.step(a), slow.step(a)
-        for x, y in zip(f[:4], s[:4]):
+        assert_obs_equal(f[0], s[0])
+        for x, y in zip(f[1:4], s[1:4]):
             np.testing.assert_allclose(x, y)
         fi, si = f[4], s[4]
         assert ("_episode" in fi) == ("_episode" in si)
@@ -87,7 +108,7 @@ def test_batched_equals_gymnasium_sync_vector_env(env_id: str) -> None:
                 np.testing.assert_allclose(fi["episode"][key], si["episode"][key], rtol=1e-6)
             assert fi["episode"]["r"].dtype == np.float32 and fi["episode"]["l"].dtype == np.int32
             for i in np.flatnonzero(fi["_final_obs"]):
-                np.testing.assert_array_equal(fi["final_obs"][i], si["final_obs"][i])
+                assert_obs_equal(fi["final_obs"][i], si["final_obs"][i])
             assert all(fi["final_obs"][i] is None for i in np.flatnonzero(~fi["_final_obs"]))
     fast.close()
     slow.close()
@@ -254,6 +275,48 @@ def test_memory_chain_optimal_and_memoryless() -> None:
     assert count == 2 * n and abs(rate - 0.5) < 0.03
 
 
+def test_masked_recall_optimal_memoryless_and_masked_actions() -> None:
+    n, length, k = 2048, 4, 5
+    venv = envs.make("masked-recall", n, seed=0, length=length, num_actions=k)
+    target = np.zeros(n, dtype=np.int64)
+    draw = np.random.default_rng(0)
+
+    def first_allowed(mask: np.ndarray) -> np.ndarray:
+        return (mask * draw.random(mask.shape)).argmax(1)  # a random allowed action
+
+    def optimal(obs: dict, t: int) -> np.ndarray:
+        mask, x = obs["action_mask"], obs["observation"]
+        assert mask.dtype == np.int8 and (mask.sum(1) >= 1).all()
+        if t % (length + 1) == 0:
+            target[:] = x[:, :k].argmax(1)
+            assert (x[:, :k].sum(1) == 1).all()
+        else:
+            assert (x[:, :k] == 0).all()  # the cue shows at t = 0 only
+        query = x[:, k] == 1
+        assert query.all() == (t % (length + 1) == length) and (mask[query].sum(1) == 2).all()
+        return np.where(query, target, first_allowed(mask))
+
+    assert _rate(_run(venv, optimal, 2 * (length + 1))) == (1.0, 2 * n)
+    rate, count = _rate(_run(venv, lambda obs, t: first_allowed(obs["action_mask"]),
+                             2 * (length + 1)))
+    assert count == 2 * n and abs(rate - 0.5) < 0.03
+    assert venv.invalid_actions.sum() == 0
+    # a masked action ends the episode with reward -1 and is counted
+    obs, _ = venv.reset()
+    masked = obs["action_mask"].argmin(1)
+    assert (obs["action_mask"][np.arange(n), masked] == 0).any()
+    bad = obs["action_mask"][np.arange(n), masked] == 0
+    _, reward, term, _, info = venv.step(masked)
+    assert (term == bad).all() and (reward[bad] == -1).all() and (reward[~bad] == 0).all()
+    assert (info["success"][bad] == 0).all() and (info["episode"]["l"][bad] == 1).all()
+    assert (venv.invalid_actions == bad).all()
+    strict = envs.make("masked-recall", 2, seed=0, strict=True)
+    obs, _ = strict.reset()
+    with pytest.raises(ValueError, match="masked action"):
+        for _ in range(20):  # some step masks an action of env 0
+            obs, *_ = strict.step(np.repeat(obs["action_mask"][0].argmin(), 2))
+
+
 def _colour_offsets(obs: np.ndarray, colour: int) -> tuple[int, int] | None:
     """(row, col) offset from the agent of the square of ``colour`` in one 5x5x3 view."""
     hits = np.argwhere((obs == PALETTE[RED + colour]).all(axis=-1))
@@ -384,8 +447,8 @@ def test_seeding(env_id: str) -> None:
         return out
 
     a, b, c = rollout(1), rollout(1), rollout(2)
-    assert all((x == y).all() for x, y in zip(a, b))
-    assert not all((x == y).all() for x, y in zip(a, c))
+    assert all(obs_equal(x, y) for x, y in zip(a, b))
+    assert not all(obs_equal(x, y) for x, y in zip(a, c))
 
 
 def test_vector_entry_point_and_render() -> None:

@@ -30,6 +30,13 @@ def live_step(model: ActorCritic, obs, state, start, prev_action, prev_reward):
     return (*head, model.value_head(y).squeeze(-1), *state)
 
 
+def first_step(model: ActorCritic, venv):
+    """The first observation of ``venv`` (reset) and the policy's inputs at an episode start."""
+    n = venv.num_envs
+    return (venv.reset()[0], model.initial_state(n, "cpu"), torch.ones(n, dtype=torch.bool),
+            torch.zeros(n, dtype=torch.long), torch.zeros(n))
+
+
 class Runners:
     """The exported ONNX graph and TorchScript module of one model, called with tensors."""
 
@@ -63,10 +70,7 @@ def test_exported_step_matches_the_policy_over_tmaze_episodes(core, tmp_path):
     model = ActorCritic(venv.single_observation_space, venv.single_action_space, core=core,
                         hidden_size=16, embed_size=16, num_layers=2, head_gain=1.0).eval()
     run = Runners(model, tmp_path)
-    obs, _ = venv.reset()
-    state = model.initial_state(4, "cpu")
-    start = torch.ones(4, dtype=torch.bool)
-    prev_action, prev_reward = torch.zeros(4, dtype=torch.long), torch.zeros(4)
+    obs, state, start, prev_action, prev_reward = first_step(model, venv)
     starts = 0
     with torch.no_grad():
         for t in range(40):  # episodes of 6 steps or fewer: every env starts several
@@ -134,6 +138,33 @@ def test_a_policy_without_previous_action_and_reward_has_no_such_inputs(tmp_path
             assert_same(onnx_out, want, f"onnx step {t}")
             assert_same(script_out, want, f"torchscript step {t}")
             state = want[2:]
+
+
+def test_the_action_mask_is_an_input_that_masks_the_logits(tmp_path):
+    torch.manual_seed(0)
+    venv = envs.make("masked-recall", num_envs=4, seed=0, length=3, strict=True)
+    model = ActorCritic(venv.single_observation_space, venv.single_action_space, core="gru",
+                        hidden_size=8, embed_size=8, head_gain=3.0).eval()
+    run = Runners(model, tmp_path)
+    assert run.names[:2] == ["obs.action_mask", "obs.observation"]
+    obs, state, start, prev_action, prev_reward = first_step(model, venv)
+    masked = 0
+    with torch.no_grad():
+        for t in range(30):  # strict: an argmax on a masked action raises
+            x = obs_to_tensor(venv.single_observation_space, obs, "cpu")
+            want = live_step(model, x, state, start, prev_action, prev_reward)
+            allowed = x["action_mask"] != 0
+            want = (want[0].masked_fill(~allowed, torch.finfo(torch.float32).min), *want[1:])
+            onnx_out, script_out = run(x["action_mask"], x["observation"], *state, start,
+                                       prev_action, prev_reward)
+            assert_same(onnx_out, want, f"onnx step {t}")
+            assert_same(script_out, want, f"torchscript step {t}")
+            masked += int((~allowed).sum())
+            action = onnx_out[0].argmax(-1)
+            obs, reward, term, trunc, _ = venv.step(action.numpy())
+            state, start = want[2:], torch.as_tensor(term | trunc)
+            prev_action, prev_reward = action, torch.as_tensor(reward, dtype=torch.float32)
+    assert masked > 30 and venv.invalid_actions.sum() == 0
 
 
 def test_the_reset_clears_state_and_previous_action_and_reward(tmp_path):

@@ -447,3 +447,35 @@ def test_lstm_kwargs_torch_defaults_accepted_others_rejected():
     with pytest.raises(ValueError, match="dropout should be a number in range"):
         RecurrentPPO(URLSTMPolicy, CueEnv(), policy_kwargs=dict(
             n_lstm_layers=2, lstm_kwargs=dict(dropout=2.0), **NET), **SMALL)
+
+
+def test_action_mask_applies_when_acting_and_in_evaluate_actions():
+    """RecurrentPPO on the masked task (strict: a masked action raises) collects and trains; the
+    training-time log-probs equal the acting ones; rows that allow nothing (padding) stay finite."""
+    env = gym.make("urlstm/MaskedRecall-v0", length=3, strict=True)
+    model = RecurrentPPO(URLSTMMultiInputPolicy, env, n_steps=32, batch_size=32, n_epochs=2,
+                         seed=0, device="cpu", policy_kwargs=dict(core="gru", **NET)).learn(96)
+    assert env.unwrapped.invalid_actions == 0
+    evaluate_policy(model, env, n_eval_episodes=10, warn=False)
+    p = model.policy
+    gen = np.random.default_rng(0)
+    n = 64
+    mask = (gen.random((n, 4)) < 0.5).astype(np.int8)
+    mask[np.arange(n), gen.integers(4, size=n)] = 1
+    mask[:8] = [0, 1, 0, 0]
+    obs = {"action_mask": torch.as_tensor(mask),
+           "observation": torch.as_tensor(gen.random((n, 5)), dtype=torch.float32)}
+    state = RNNStates(*[tuple(torch.zeros(1, n, 8) for _ in range(2))] * 2)
+    starts = torch.ones(n)
+    with torch.no_grad():
+        actions, _, logp, _ = p.forward(obs, state, starts)
+        greedy, _, _, _ = p.forward(obs, state, starts, deterministic=True)
+        _, logp_again, entropy = p.evaluate_actions(obs, actions, state, starts)
+        padded = {k: torch.zeros_like(v) for k, v in obs.items()}
+        _, logp_pad, entropy_pad = p.evaluate_actions(padded, actions, state, starts)
+    for a in (actions, greedy):
+        assert mask[np.arange(n), a.numpy()].all()
+    assert (actions[:8] == 1).all() and torch.allclose(logp[:8], torch.zeros(8), atol=1e-6)
+    torch.testing.assert_close(logp_again, logp)
+    assert torch.isfinite(entropy).all() and (entropy[:8].abs() < 1e-6).all()
+    assert torch.isfinite(logp_pad).all() and torch.isfinite(entropy_pad).all()
