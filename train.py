@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from agents.checkpoint import CheckpointError
     from agents.evaluate import EvaluationError
     from agents.resources import ResourceError
-    from policies import PolicyLoadError
+    from policies import ActionMaskError, PolicyLoadError
     from policies.export import ExportError
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[command](argv)
     except (UsageError, ConfigError, CheckpointError, EvaluationError, ResourceError,
-            PolicyLoadError, ExportError) as err:
+            PolicyLoadError, ExportError, ActionMaskError) as err:
         if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 speaks for every rank
             print(f"error: {one_line(err)}", file=sys.stderr)
         return 2

@@ -260,3 +260,21 @@ def test_a_loaded_policy_respects_the_mask():
         policy.act(bad, state, start, reward)
     x = obs_to_tensor(model.observation_space, obs, "cpu")
     assert model.action_mask(x, (16,)).dtype == torch.bool
+
+
+def test_an_env_whose_mask_allows_nothing_stops_the_run_with_one_line(tmp_path, capsys, monkeypatch):
+    """A mask met while training that allows no action: one line, exit code 2, no traceback."""
+    import train
+    from envs.masked_recall import MaskedRecallVector
+
+    draw = MaskedRecallVector._draw_mask
+
+    def broken(self, idx):
+        draw(self, idx)
+        self._allowed[idx] = False
+
+    monkeypatch.setattr(MaskedRecallVector, "_draw_mask", broken)
+    assert train.main([*TINY, "--total-steps", "32", "--logdir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "allows no action" in err[-1], err
+    assert not any("Traceback" in line for line in err)
