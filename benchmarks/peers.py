@@ -143,7 +143,8 @@ def read_report(peer: str, workdir: str, out: str) -> dict:
     config = json.loads((run / "config.json").read_text())
     import torch
 
-    return {"env_steps": summary["total_steps"], "torch_threads": config.get("torch_threads"),
+    return {"env_steps": summary["total_steps"], "loop_s": summary["wall_time_s"],
+            "torch_threads": config.get("torch_threads"),
             "versions": {"python": platform.python_version(), "torch": torch.__version__},
             "settings": {"vectorization": f"env_kwargs {config.get('env_kwargs')}",
                          "core": config.get("core"), "preset": config.get("preset"),
@@ -175,6 +176,8 @@ def summarize(records: list[dict], peers: list[str], tasks: list[str]) -> list[d
 
     ``ours_speedup_wall`` is our SPS over the peer's (both wall-clock, whole process);
     ``ours_speedup_cpu`` is the peer's CPU seconds per step over ours. Above 1: ours is faster.
+    ``loop_sps`` counts only the seconds each job spent in its training loop (as it reports them:
+    no interpreter start, imports or set-up), for reading the whole-process figures.
     """
     rows = []
     for task in tasks:
@@ -188,12 +191,14 @@ def summarize(records: list[dict], peers: list[str], tasks: list[str]) -> list[d
                 wall = sum(r["wall_s"] for r in ok)
                 cpu = sum(r["cpu_s"] for r in ok)
                 rates[peer] = (steps / wall, cpu / steps)
+                loop = [r["report"].get("loop_s") for r in ok]
                 row.update({
                     "env_steps_per_job": [r["report"]["env_steps"] for r in ok],
                     "wall_s_per_job": [round(r["wall_s"], 2) for r in ok],
                     "cpu_s_per_job": [round(r["cpu_s"], 2) for r in ok],
                     "sps": round(steps / wall, 1), "cpu_s_per_1k_steps": round(1000 * cpu / steps, 3),
-                    "cores_busy": round(cpu / wall, 2)})
+                    "cores_busy": round(cpu / wall, 2),
+                    "loop_sps": round(steps / sum(loop), 1) if None not in loop else None})
             rows.append(row)
         for row in rows[-len(peers):]:
             both = row["peer"] in rates and "ours" in rates and row["peer"] != "ours"
@@ -232,7 +237,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {r} {task} {peer}: {note}", file=sys.stderr, flush=True)
     from policies.cores.kernels import cpu_info
 
-    reports = {r["peer"]: r["report"] for r in records if "report" in r}
+    about: dict[str, dict] = {}
+    for r in (r for r in records if "report" in r):
+        rep = dict(r["report"])
+        entry = about.setdefault(r["peer"], {"settings": {}})
+        entry["settings"][r["task"]] = rep.pop("settings")
+        entry.update({k: v for k, v in rep.items() if k not in ("env_steps", "loop_s")})
     print(json.dumps({
         "benchmark": "peers", "command": " ".join(["python", "benchmarks/peers.py", *sys.argv[1:]]),
         "steps": args.steps, "rounds": args.rounds, "tasks": args.tasks, "core": args.core,
@@ -240,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                    "minibatches": MINIBATCHES, "lstm_hidden": HIDDEN, "device": "cpu",
                    "torch_threads": args.torch_threads or "each learner's default"},
         "results": summarize(records, peers, args.tasks),
-        "peers": {p: {k: v for k, v in rep.items() if k != "env_steps"} for p, rep in reports.items()},
+        "peers": about,
         "setup_errors": {p: s["error"] for p, s in setups.items() if "error" in s},
         "machine": {"cpu": cpu_info(), "load_avg_start": [round(x, 2) for x in load_start],
                     "load_avg_end": [round(x, 2) for x in os.getloadavg()],

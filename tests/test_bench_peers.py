@@ -77,27 +77,28 @@ def test_every_learner_gets_the_shared_settings(tmp_path):
     assert peers.job_command("pufferlib", "MiniGrid-MemoryS7-v0", args, 0, "w", "o")[1] == {}
 
 
-def _job(peer, task, wall, cpu, steps=32768, error=None):
+def _job(peer, task, wall, cpu, steps=32768, error=None, loop=None):
     rec = {"peer": peer, "task": task, "wall_s": wall, "cpu_s": cpu}
     if error:
         rec["error"] = error
     else:
-        rec["report"] = {"env_steps": steps}
+        rec["report"] = {"env_steps": steps, "loop_s": loop}
     return rec
 
 
 def test_summary_totals_rates_and_ratios():
     task, other = "MiniGrid-MemoryS7-v0", "popgym-RepeatPreviousMedium-v0"
     records = [
-        _job("ours", task, 10.0, 10.0), _job("pufferlib", task, 40.0, 80.0),
+        _job("ours", task, 10.0, 10.0, loop=7.0), _job("pufferlib", task, 40.0, 80.0, loop=30.0),
         _job("sample-factory", task, 99.0, 99.0, error="exit code 1: ..."),
-        _job("ours", task, 10.0, 10.0), _job("pufferlib", task, 60.0, 120.0, steps=36864),
+        _job("ours", task, 10.0, 10.0, loop=9.0), _job("pufferlib", task, 60.0, 120.0, steps=36864),
         _job("pufferlib", other, 20.0, 30.0, steps=2048),
     ]
     rows = peers.summarize(records, ["ours", "pufferlib", "sample-factory"], [task, other])
     by = {(r["peer"], r["task"]): r for r in rows}
     ours, puffer = by["ours", task], by["pufferlib", task]
     assert ours["sps"] == 3276.8 and ours["cores_busy"] == 1.0 and ours["ours_speedup_wall"] is None
+    assert ours["loop_sps"] == 4096.0 and by["pufferlib", task]["loop_sps"] is None  # one not reported
     assert puffer["sps"] == round(69632 / 100.0, 1) and puffer["cores_busy"] == 2.0
     assert puffer["env_steps_per_job"] == [32768, 36864] and puffer["wall_s_per_job"] == [40.0, 60.0]
     assert puffer["ours_speedup_wall"] == 4.71  # SPS over SPS: 3276.8 / 696.32

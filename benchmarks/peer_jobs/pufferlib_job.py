@@ -16,6 +16,7 @@ import functools
 import importlib.metadata
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,9 +61,11 @@ def main() -> None:
         "checkpoint_interval": 10**9, "data_dir": args.workdir,
     }
     trainer = pufferlib.pufferl.PuffeRL(config, vecenv, policy)
+    t0 = time.perf_counter()
     while trainer.global_step < args.steps:
         trainer.evaluate()
         trainer.train()
+    loop_s = time.perf_counter() - t0
     trainer.close()
     settings = {"vectorization": f"pufferlib.vector.Multiprocessing, {workers} workers, "
                                  f"batch of {args.num_envs} envs",
@@ -70,7 +73,7 @@ def main() -> None:
                 "gradient_steps_per_update": args.epochs * args.minibatches,
                 "policy": "Default (Linear+GELU) -> LSTMWrapper (nn.LSTM)",
                 "pufferlib_C": pufferlib.pufferl._C_AVAILABLE}
-    write_result(args.out, trainer.global_step, settings,
+    write_result(args.out, trainer.global_step, loop_s, settings,
                  peer_version=importlib.metadata.version("pufferlib-core"))
 
 

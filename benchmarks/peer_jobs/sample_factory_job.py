@@ -17,6 +17,7 @@ import importlib.metadata
 import os
 import re
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,7 +57,9 @@ def main() -> None:
     register_env(args.task, sf_make_env)
     parser, _ = parse_sf_args(argv=argv)
     cfg = parse_full_cfg(parser, argv)
-    status = run_rl(cfg)
+    t0 = time.perf_counter()
+    status = run_rl(cfg)  # its processes' start and end included
+    loop_s = time.perf_counter() - t0
     names = glob.glob(os.path.join(args.workdir, f"sf_{args.seed}", "checkpoint_p0", "checkpoint_*.pth"))
     steps = max((int(re.search(r"_(\d+)\.pth$", n).group(1)) for n in names), default=0)
     settings = {"vectorization": f"{workers} rollout-worker processes x {args.num_envs // workers} "
@@ -65,7 +68,7 @@ def main() -> None:
                 "gradient_steps_per_update": args.epochs * args.minibatches,
                 "policy": f"MLP encoder [{args.hidden}] -> nn.LSTM -> linear heads",
                 "argv": argv, "status": int(status)}
-    write_result(args.out, steps, settings, peer_version=importlib.metadata.version("sample-factory"))
+    write_result(args.out, steps, loop_s, settings, peer_version=importlib.metadata.version("sample-factory"))
 
 
 if __name__ == "__main__":

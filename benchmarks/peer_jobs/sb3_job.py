@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,14 +30,16 @@ def main() -> None:
                          batch_size=batch // args.minibatches, n_epochs=args.epochs,
                          learning_rate=2.5e-4, ent_coef=0.01, seed=args.seed, device="cpu",
                          policy_kwargs={"lstm_hidden_size": args.hidden}, verbose=0)
+    t0 = time.perf_counter()
     model.learn(total_timesteps=args.steps)
+    loop_s = time.perf_counter() - t0
     model.save(os.path.join(args.workdir, "model.zip"))
     env.close()
     settings = {"vectorization": f"DummyVecEnv, {args.num_envs} envs in the learner's process",
                 "minibatch_steps": batch // args.minibatches,
                 "gradient_steps_per_update": args.epochs * args.minibatches,
                 "policy": "MlpLstmPolicy: nn.LSTM on the flat observation, MLP heads [64, 64]"}
-    write_result(args.out, model.num_timesteps, settings,
+    write_result(args.out, model.num_timesteps, loop_s, settings,
                  peer_version=importlib.metadata.version("sb3-contrib"))
 
 

@@ -62,14 +62,16 @@ def parse_args(description: str) -> argparse.Namespace:
     return p.parse_args()
 
 
-def write_result(path: str, env_steps: int, settings: dict[str, Any], **extra: Any) -> None:
-    """The job's own report: steps done, versions, what it was configured with."""
+def write_result(path: str, env_steps: int, loop_s: float, settings: dict[str, Any],
+                 **extra: Any) -> None:
+    """The job's own report: steps done, seconds in the training loop, versions, settings."""
     import numpy as np
     import torch
 
     versions = {"python": platform.python_version(), "torch": torch.__version__,
                 "numpy": np.__version__, "gymnasium": gym.__version__}
-    result = {"env_steps": int(env_steps), "torch_threads": torch.get_num_threads(),
+    result = {"env_steps": int(env_steps), "loop_s": round(loop_s, 3),
+              "torch_threads": torch.get_num_threads(),
               "versions": versions, "settings": settings, **extra}
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
