@@ -151,6 +151,13 @@ class TrainConfig:
     """Global gradient norm clip."""
     target_kl: OptFloat = None
     """Stop the update's epochs early when the approximate KL exceeds this (none: never)."""
+    refresh_states: bool = False
+    """Before each epoch after the first, recompute the start state of every training sequence by
+    re-running the whole rollout with the current weights (no gradient), so that later epochs start
+    from the memory the current policy would have (the stored states are those of the acting
+    policy). Costs about one forward pass over the rollout per extra epoch, logged as
+    perf/refresh_states_s (part of perf/learn_s). A no-op when seq_len = num_steps (one sequence per
+    rollout, whose start state is the rollout's own)."""
 
     # --- IMPALA (--algo impala) -------------------------------------------------------------------
     algo: str = "ppo"

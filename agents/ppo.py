@@ -22,7 +22,7 @@ from agents.config import TrainConfig
 from agents.returns import gae
 from agents.rollout import Rollout, collect
 from agents.runloop import RunLoop, check_finite
-from policies.actor_critic import ActorCritic, tree_map
+from policies.actor_critic import ActorCritic, State, tree_map
 
 # ---------------------------------------------------------------------------------------------
 # update
@@ -37,9 +37,37 @@ def _to_sequences(x: torch.Tensor, seq_len: int) -> torch.Tensor:
     return x.reshape(K, seq_len, B, *x.shape[2:]).transpose(0, 1).reshape(seq_len, K * B, *x.shape[2:])
 
 
+def _sequence_states(states: State) -> State:
+    """Each [K, layers, B, H] -> [layers, K*B, H], column k*B + b: the start of sequence k of env b."""
+    return tuple(s.permute(1, 0, 2, 3).reshape(s.shape[1], -1, s.shape[3]) for s in states)
+
+
+def refreshed_states(policy: ActorCritic, ro: Rollout) -> State:
+    """``ro.states`` recomputed with ``policy``'s current weights (--refresh-states): the rollout
+    re-run from its first stored state in eval mode, as it was acted, resets applied inside.
+
+    Returns:
+        Each part [K, *state_shape] as ``ro.states``; ``ro`` is left as it was.
+    """
+    training = policy.training
+    policy.eval()
+    try:
+        return policy.sequence_start_states(ro.obs, tuple(s[0] for s in ro.states), ro.reset,
+                                            ro.prev_action, ro.prev_reward, ro.seq_len)
+    finally:
+        policy.train(training)
+
+
 def update(policy: ActorCritic, optimizer: torch.optim.Optimizer, ro: Rollout,
-           advantages: torch.Tensor, returns: torch.Tensor, cfg: TrainConfig) -> dict[str, torch.Tensor]:
-    """PPO epochs over whole-sequence minibatches; returns loss statistics (tensors)."""
+           advantages: torch.Tensor, returns: torch.Tensor, cfg: TrainConfig,
+           refresh: Callable[[], State] | None = None) -> dict[str, torch.Tensor]:
+    """PPO epochs over whole-sequence minibatches; returns loss statistics (tensors), among them
+    ``first_old_approx_kl``, the first minibatch's (0 up to rounding: its sequences re-run from the
+    stored states to the acting log-probs).
+
+    ``refresh() -> states`` (each [K, *state_shape], e.g. ``refreshed_states``) replaces the stored
+    start states before each epoch after the first.
+    """
     L = cfg.seq_len
     seq = lambda x: _to_sequences(x, L)
     obs = tree_map(seq, ro.obs)
@@ -47,8 +75,7 @@ def update(policy: ActorCritic, optimizer: torch.optim.Optimizer, ro: Rollout,
     prev_a, prev_r = seq(ro.prev_action), seq(ro.prev_reward)
     old_logp, old_v = seq(ro.logprobs), seq(ro.values)
     adv_all, ret_all = seq(advantages), seq(returns)
-    # [K, layers, B, H] -> [layers, K*B, H]
-    states0 = tuple(s.permute(1, 0, 2, 3).reshape(s.shape[1], -1, s.shape[3]) for s in ro.states)
+    states0 = _sequence_states(ro.states)
     num_seq = reset.shape[1]
     mb_size = num_seq // cfg.num_minibatches
     params = [p for p in policy.parameters() if p.requires_grad]
@@ -56,7 +83,9 @@ def update(policy: ActorCritic, optimizer: torch.optim.Optimizer, ro: Rollout,
             ("policy_loss", "value_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac",
              "uniform_kl")}
     count = 0
-    for _epoch in range(cfg.update_epochs):
+    for epoch in range(cfg.update_epochs):
+        if refresh is not None and epoch > 0:
+            states0 = _sequence_states(refresh())
         perm = torch.randperm(num_seq, device=reset.device)
         for start in range(0, num_seq, mb_size):
             if cfg.num_minibatches == 1:
@@ -86,6 +115,8 @@ def update(policy: ActorCritic, optimizer: torch.optim.Optimizer, ro: Rollout,
             ent, kl_u = entropy.mean(), uniform_kl.mean()
             loss = pg_loss - cfg.ent_coef * ent + cfg.vf_coef * v_loss + cfg.uniform_kl_coef * kl_u
 
+            if count == 0:
+                first_old_approx_kl = old_approx_kl
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             check_finite(loss, nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
@@ -97,7 +128,7 @@ def update(policy: ActorCritic, optimizer: torch.optim.Optimizer, ro: Rollout,
             count += 1
         if cfg.target_kl is not None and distributed.mean(approx_kl).item() > cfg.target_kl:
             break
-    out = {k: v / count for k, v in sums.items()}
+    out = {k: v / count for k, v in sums.items()} | {"first_old_approx_kl": first_old_approx_kl}
     y, pred = returns.flatten(), ro.values.flatten()
     var_y = y.var()
     out["explained_variance"] = torch.where(var_y > 0, 1 - (y - pred).var() / var_y, torch.nan)
@@ -139,6 +170,11 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
                   venv=venv, seed=local.seed)
     carry = run.carry  # the envs' first observation and memory (on resume: where the run stopped)
     learner = distributed.wrap(policy)  # under torchrun: DDP averages the gradients over ranks
+    refresh = None  # with one sequence per rollout its start state is the rollout's: nothing to do
+    if cfg.refresh_states and local.seq_len < local.num_steps:
+        def refresh() -> State:
+            with run.timing("refresh_states"):
+                return refreshed_states(policy, ro)
     with run:
         while run.next_update():
             policy.eval()
@@ -148,6 +184,6 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
                 policy.train()
                 advantages, returns = gae(ro.rewards, ro.values, ro.terminated, ro.truncated,
                                           ro.next_value, ro.final_values, cfg.gamma, cfg.gae_lambda)
-                losses = update(learner, optimizer, ro, advantages, returns, cfg)
+                losses = update(learner, optimizer, ro, advantages, returns, cfg, refresh)
             run.end_update(losses)
     return run.finish()

@@ -498,3 +498,38 @@ class ActorCritic(nn.Module):
         value = self.value_head(flat).squeeze(-1)
         out = Evaluation(logprob.reshape(lead), entropy.reshape(lead), value.reshape(lead), kl.reshape(lead))
         return out if with_uniform_kl else out[:3]
+
+    @torch.no_grad()
+    def sequence_start_states(self, obs: Obs, state0: State, reset: torch.Tensor,
+                              prev_action: torch.Tensor, prev_reward: torch.Tensor, seq_len: int,
+                              reference: bool = False) -> State:
+        """Re-run a rollout from ``state0`` with the current weights (no gradient) and return the
+        core state before steps 0, seq_len, 2 * seq_len, ... (PPO's training sequences).
+
+        Args:
+            obs: [T, B, ...] tensor tree; reset: [T, B] bool episode starts (applied inside);
+                prev_action: [T, B, *action_shape]; prev_reward: [T, B].
+            state0: core state before ``obs[0]`` (tuple of [L, B, H]).
+            seq_len: a divisor of T.
+            reference: step by step as acting does (the slow reference); else the encoder once
+                over the rollout and the core's sequence path chunk by chunk.
+
+        Returns:
+            The states, each part stacked to [T / seq_len, *state_shape] (() for a core without
+            state); the first is ``state0``.
+        """
+        T, B = reset.shape
+        state, starts = state0, [state0]
+        if reference:
+            for t in range(T - seq_len):
+                x = self._inputs(tree_map(lambda o, t=t: o[t], obs), reset[t], prev_action[t],
+                                 prev_reward[t], (B,))
+                _, state = self.core.step(x, state, reset[t])
+                if (t + 1) % seq_len == 0:
+                    starts.append(state)
+        else:
+            x = self._inputs(obs, reset, prev_action, prev_reward, (T, B))   # [T, B, E]
+            for t in range(0, T - seq_len, seq_len):
+                _, state = self.core(x[t:t + seq_len], state, reset[t:t + seq_len])
+                starts.append(state)
+        return tuple(torch.stack(parts) for parts in zip(*starts))

@@ -54,21 +54,24 @@ def _half(ro, rank: int, world: int):
 
 
 def _grads_after_update(policy, ro, cfg):
+    """The gradients and weights after an update (with --refresh-states each rank re-runs its
+    own rollout before the second epoch)."""
     advantages, returns = gae(ro.rewards, ro.values, ro.terminated, ro.truncated, ro.next_value,
                               ro.final_values, cfg.gamma, cfg.gae_lambda)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
     policy.train()
-    ppo.update(distributed.wrap(policy), optimizer, ro, advantages, returns, cfg)
+    refresh = (lambda: ppo.refreshed_states(policy, ro)) if cfg.refresh_states else None
+    ppo.update(distributed.wrap(policy), optimizer, ro, advantages, returns, cfg, refresh)
     return {k: p.grad.clone() for k, p in policy.named_parameters()}, \
         {k: p.detach().clone() for k, p in policy.named_parameters()}
 
 
-def _rank(rank: int, world: int, init_file: str, state: dict, ro, out: str) -> None:
+def _rank(rank: int, world: int, init_file: str, state: dict, ro, out: str, more: dict) -> None:
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                                          world_size=world)
     try:
-        cfg = TrainConfig(**CFG)
+        cfg = TrainConfig(**{**CFG, **more})
         venv = commands.make_env(cfg, num_envs=1)
         policy = commands.make_policy(cfg, venv, torch.device("cpu"))
         venv.close()
@@ -78,13 +81,14 @@ def _rank(rank: int, world: int, init_file: str, state: dict, ro, out: str) -> N
         torch.distributed.destroy_process_group()
 
 
-def test_two_rank_update_equals_one_process_update_on_the_union(tmp_path):
-    cfg = TrainConfig(**CFG)
+@pytest.mark.parametrize("more", [{}, {"refresh_states": True, "update_epochs": 2}])
+def test_two_rank_update_equals_one_process_update_on_the_union(tmp_path, more):
+    cfg = TrainConfig(**{**CFG, **more})
     policy, ro = _rollout(cfg)
     assert ro.reset[1:].any()  # episodes end inside the rollout: resets inside the sequences
     state = {k: v.clone() for k, v in policy.state_dict().items()}
     out = str(tmp_path / "grads")
-    mp.spawn(_rank, args=(2, str(tmp_path / "init"), state, ro, out), nprocs=2, join=True)
+    mp.spawn(_rank, args=(2, str(tmp_path / "init"), state, ro, out, more), nprocs=2, join=True)
     grads, params = _grads_after_update(policy, ro, cfg)  # one process, all 4 envs
     for rank in (0, 1):
         rank_grads, rank_params = torch.load(f"{out}.{rank}", weights_only=True)
