@@ -32,6 +32,8 @@ SIZES = {  # name: (T, B, D, H)
     "T128_B16_D64_H64": (128, 16, 64, 64),
     "step_B64_D128_H128": (1, 64, 128, 128),
     "T128_B4_D128_H128": (128, 4, 128, 128),  # a PPO minibatch of vs_sb3.py's MiniGrid setting
+    "T102_B8_D128_H128": (102, 8, 128, 128),  # a PPO minibatch of the default run (train.py)
+    "step_B32_D128_H128": (1, 32, 128, 128),  # the default run's acting step (32 envs)
 }
 DEFAULT_CORES = "urlstm,urgru,lstm,gru,lstm:--,lstm:UR@reference"
 
