@@ -26,7 +26,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
-from policies.cores.kernels import cpu_info  # noqa: E402
+from policies.cores.cpu import cpu_info  # noqa: E402
 
 import train  # noqa: E402
 from agents import impala, ppo  # noqa: E402

@@ -36,7 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
-from policies.cores.kernels import cpu_info  # noqa: E402
+from policies.cores.cpu import cpu_info  # noqa: E402
 
 import train  # noqa: E402
 from agents import impala  # noqa: E402
