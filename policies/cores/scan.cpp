@@ -29,6 +29,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -77,8 +78,7 @@ struct Cell {
   bool cumax;
 };
 
-// The codes as the loops read them: constants when given as template arguments (also inside the
-// lambdas that at::parallel_for may call through a function pointer).
+// The codes as the loops read them: constants when given as template arguments.
 template <int AUX> inline int aux_code(Cell cell) { return AUX >= 0 ? AUX : cell.aux; }
 template <int CUMAX> inline bool cumax_code(Cell cell) { return CUMAX >= 0 ? CUMAX != 0 : cell.cumax; }
 
@@ -197,60 +197,199 @@ struct WeightGrads {
   }
 };
 
+// ---------------------------------------------------------------- the cells' row loops
+// One step's rows [b0, b1) of a cell, on raw pointers: the only code compiled once per float cell (so
+// that each inner loop is branch-free and vectorises) and once for all cells in float64. The loops
+// over time, with the GEMMs and tensors, are compiled once per dtype.
+template <typename T> struct LstmFwdRows {
+  Cell cell;
+  int64_t H, NH;
+  const T* bf;            // forget bias [H]
+  T *cp, *s, *g, *c, *y;  // c_prev [B, H]; pre-activations in, activated gates out [B, NH]; g, c, h [B, H]
+};
+
+template <typename T, int AUX, int CUMAX> void lstm_fwd_rows(const LstmFwdRows<T>& a, int64_t b0, int64_t b1) {
+  const int aux = aux_code<AUX>(a.cell);
+  const bool cumax = cumax_code<CUMAX>(a.cell);
+  const int64_t H = a.H, NH = a.NH, nb = NH / H, ou = (nb - 2) * H, oo = (nb - 1) * H;
+  const int64_t po = aux == 3 ? H : 0, ao = aux == 3 ? 0 : H;  // torch.nn.LSTM's blocks: i, f, g, o
+  const T* bf = a.bf;
+  for (int64_t b = b0; b < b1; ++b) {
+    T *sr = a.s + b * NH, *gr = a.g + b * H, *cr = a.c + b * H, *yr = a.y + b * H;
+    const T* cpr = a.cp + b * H;
+    if (cumax) {
+      for (int64_t j = 0; j < H; ++j) sr[j] += bf[j];
+      cumax_row(sr, sr, H);
+    }
+#pragma GCC ivdep
+    for (int64_t j = 0; j < H; ++j) {
+      T p = cumax ? sr[j] : sigm(sr[po + j] + bf[j]);
+      T ag = aux ? sigm(aux == 2 ? sr[ao + j] - bf[j] : sr[ao + j]) : T(0);
+      T u = tanh_(sr[ou + j]);
+      T o = sigm(sr[oo + j]);
+      T gg = effective(p, ag, aux);
+      T cc = aux == 3 ? gg * cpr[j] + ag * u : u + gg * (cpr[j] - u);
+      sr[po + j] = p;
+      if (aux) sr[ao + j] = ag;
+      sr[ou + j] = u;
+      sr[oo + j] = o;
+      gr[j] = gg;
+      cr[j] = cc;
+      yr[j] = o * tanh_(cc);
+    }
+  }
+}
+
+template <typename T> struct LstmBwdRows {
+  Cell cell;
+  int64_t H, NH;
+  const T *s, *g, *c, *cp, *dy;  // saved gates [B, NH]; g, c, c_prev, dL/dh_t from above [B, H]
+  T *dz, *dh, *dc;               // pre-activation gradients out [B, NH]; dh, dc in and out [B, H]
+};
+
+template <typename T, int AUX, int CUMAX> void lstm_bwd_rows(const LstmBwdRows<T>& a, int64_t b0, int64_t b1) {
+  const int aux = aux_code<AUX>(a.cell);
+  const bool cumax = cumax_code<CUMAX>(a.cell);
+  const int64_t H = a.H, NH = a.NH, nb = NH / H, ou = (nb - 2) * H, oo = (nb - 1) * H;
+  const int64_t po = aux == 3 ? H : 0, ao = aux == 3 ? 0 : H;
+  for (int64_t b = b0; b < b1; ++b) {
+    const T *sr = a.s + b * NH, *gr = a.g + b * H, *cr = a.c + b * H, *cpr = a.cp + b * H, *dyr = a.dy + b * H;
+    T *dzr = a.dz + b * NH, *dhr = a.dh + b * H, *dcr = a.dc + b * H;
+#pragma GCC ivdep
+    for (int64_t j = 0; j < H; ++j) {
+      T p = sr[po + j], ag = aux ? sr[ao + j] : T(0), u = sr[ou + j], o = sr[oo + j], gg = gr[j];
+      T dhv = dhr[j] + dyr[j];
+      T tc = tanh_(cr[j]);
+      T dcv = dcr[j] + dhv * o * (T(1) - tc * tc);
+      dzr[oo + j] = dhv * tc * (o - o * o);
+      dzr[ou + j] = dcv * (aux == 3 ? ag : T(1) - gg) * (T(1) - u * u);
+      T dp, dza;
+      if (aux == 3) { dp = dcv * cpr[j]; dza = dcv * u * (ag - ag * ag); }
+      else gate_grad(dcv * (cpr[j] - u), p, ag, aux, dp, dza);
+      dzr[po + j] = cumax ? dp : dp * (p - p * p);
+      if (aux) dzr[ao + j] = dza;
+      dcr[j] = dcv * gg;
+    }
+    if (cumax) cumax_row_backward(sr, dzr, H);
+  }
+}
+
+template <typename T> struct GruFwdRows {
+  Cell cell;
+  int64_t H, NH;
+  const T *bf, *hz, *hp;  // forget bias [H]; W_hh h + b_hh [B, NH]; previous hidden state [B, H]
+  T *s, *g, *hn, *y;      // input pre-activations in, activated gates out [B, NH]; g, (W_hh h)_n, h [B, H]
+};
+
+template <typename T, int AUX, int CUMAX> void gru_fwd_rows(const GruFwdRows<T>& a, int64_t b0, int64_t b1) {
+  const int aux = aux_code<AUX>(a.cell);
+  const bool cumax = cumax_code<CUMAX>(a.cell);
+  const int64_t H = a.H, NH = a.NH;
+  const T* bf = a.bf;
+  for (int64_t b = b0; b < b1; ++b) {
+    const T *hr = a.hz + b * NH, *hpr = a.hp + b * H;
+    T *sr = a.s + b * NH, *gr = a.g + b * H, *hnr = a.hn + b * H, *yr = a.y + b * H;
+    if (cumax) {
+      for (int64_t j = 0; j < H; ++j) sr[H + j] += hr[H + j] + bf[j];
+      cumax_row(sr + H, sr + H, H);
+    }
+    // Each element's pre-activations are read before its activated gates overwrite them.
+#pragma GCC ivdep
+    for (int64_t j = 0; j < H; ++j) {
+      T r = sigm(sr[j] + hr[j]);
+      T p = cumax ? sr[H + j] : sigm(sr[H + j] + hr[H + j] + bf[j]);
+      T n = tanh_(sr[2 * H + j] + r * hr[2 * H + j]);
+      T ag = aux ? sigm(sr[3 * H + j] + hr[3 * H + j] - (aux == 2 ? bf[j] : T(0))) : T(0);
+      T gg = effective(p, ag, aux);
+      sr[j] = r;
+      sr[H + j] = p;
+      sr[2 * H + j] = n;
+      if (aux) sr[3 * H + j] = ag;
+      hnr[j] = hr[2 * H + j];
+      gr[j] = gg;
+      yr[j] = n + gg * (hpr[j] - n);
+    }
+  }
+}
+
+template <typename T> struct GruBwdRows {
+  Cell cell;
+  int64_t H, NH;
+  const T *s, *g, *hn, *hp, *dy;  // saved gates [B, NH]; g, (W_hh h)_n, h_prev, dL/dh_t from above [B, H]
+  T *dx, *dhz, *dh, *dn;          // input and hidden pre-activation gradients [B, NH]; dh in, dn out [B, H]
+};
+
+template <typename T, int AUX, int CUMAX> void gru_bwd_rows(const GruBwdRows<T>& a, int64_t b0, int64_t b1) {
+  const int aux = aux_code<AUX>(a.cell);
+  const bool cumax = cumax_code<CUMAX>(a.cell);
+  const int64_t H = a.H, NH = a.NH;
+  for (int64_t b = b0; b < b1; ++b) {
+    const T *sr = a.s + b * NH, *gr = a.g + b * H, *hnr = a.hn + b * H, *hpr = a.hp + b * H, *dyr = a.dy + b * H;
+    T *dxr = a.dx + b * NH, *dhzr = a.dhz + b * NH, *dhr = a.dh + b * H, *dnr = a.dn + b * H;
+#pragma GCC ivdep
+    for (int64_t j = 0; j < H; ++j) {
+      T r = sr[j], p = sr[H + j], n = sr[2 * H + j], ag = aux ? sr[3 * H + j] : T(0), gg = gr[j];
+      T dhv = dhr[j] + dyr[j];
+      T dnpre = dhv * (T(1) - gg) * (T(1) - n * n);
+      T drpre = dnpre * hnr[j] * (r - r * r);
+      T dp, dza;
+      gate_grad(dhv * (hpr[j] - n), p, ag, aux, dp, dza);
+      dxr[j] = drpre;
+      dxr[H + j] = cumax ? dp : dp * (p - p * p);
+      dxr[2 * H + j] = dnpre;
+      if (aux) dxr[3 * H + j] = dza;
+      dnr[j] = dhv * gg;
+    }
+    if (cumax) cumax_row_backward(sr + H, dxr + H, H);
+    std::memcpy(dhzr, dxr, sizeof(T) * NH);
+    for (int64_t j = 0; j < H; ++j) dhzr[2 * H + j] = dxr[2 * H + j] * sr[j];
+  }
+}
+
+// The row function of a cell: float, one per cell (codes as template arguments); double, one for all.
+#define ROWS_FN(T, FN, cell, MAX_AUX)                                    \
+  [&]() {                                                                \
+    if constexpr (std::is_same_v<T, double>) {                           \
+      return &FN<double, -1, -1>;                                        \
+    } else {                                                             \
+      switch (cell.aux * 2 + (cell.cumax ? 1 : 0)) {                     \
+        case 0: return &FN<T, 0, 0>;                                     \
+        case 1: return &FN<T, 0, 1>;                                     \
+        case 2: return &FN<T, 1, 0>;                                     \
+        case 3: return &FN<T, 1, 1>;                                     \
+        case 4: return &FN<T, 2, 0>;                                     \
+        case 5: return &FN<T, 2, 1>;                                     \
+        default: return &FN<T, MAX_AUX, 0>;                              \
+      }                                                                  \
+    }                                                                    \
+  }()
+
 // ---------------------------------------------------------------- LSTM grid
 // S [T, B, NH]: the input projection on entry, the activated gates on return.
-template <typename T, int AUX, int CUMAX>
-std::vector<Tensor> lstm_fwd_impl(const Tensor& S, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
+template <typename T>
+std::vector<Tensor> lstm_fwd_loop(const Tensor& S, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
                                   const Tensor& b_f, const Tensor& keep_t, Cell cell, bool save) {
-  const int aux = aux_code<AUX>(cell);
+  const auto rows = ROWS_FN(T, lstm_fwd_rows, cell, 3);
   const int64_t Tn = S.size(0), B = S.size(1), NH = S.size(2), H = h0.size(1);
-  const int64_t nb = NH / H, ou = (nb - 2) * H, oo = (nb - 1) * H;
-  const int64_t po = aux == 3 ? H : 0, ao = aux == 3 ? 0 : H;  // torch.nn.LSTM's blocks: i, f, g, o
   const int64_t Ts = save ? Tn : 1;  // without a backward to come, one step of scratch is reused
   auto opt = S.options();
   Tensor ys = at::empty({Tn, B, H}, opt), G = at::empty({Tn, B, H}, opt);
   Tensor C = at::empty({Ts, B, H}, opt), Hp = at::empty({Ts, B, H}, opt), Cp = at::empty({Ts, B, H}, opt);
   Tensor w_t = w_hh.t();  // [H, NH] view: both GEMM libraries take the transposed layout as is
-  const T *hlast = h0.data_ptr<T>(), *clast = c0.data_ptr<T>(), *bf = b_f.data_ptr<T>();
+  const T *hlast = h0.data_ptr<T>(), *clast = c0.data_ptr<T>();
   const T* keep = keep_ptr<T>(keep_t);
   for (int64_t t = 0; t < Tn; ++t) {
     const int64_t ts = save ? t : 0;
-    T *hp = step<T>(Hp, ts), *cp = step<T>(Cp, ts), *s = step<T>(S, t);
+    LstmFwdRows<T> a{cell, H, NH, b_f.data_ptr<T>(), step<T>(Cp, ts), step<T>(S, t), step<T>(G, t), step<T>(C, ts),
+                     step<T>(ys, t)};
     const T* kt = keep ? keep + t * B : nullptr;
+    T* hp = step<T>(Hp, ts);
     masked_copy(hlast, kt, hp, B, H);
-    masked_copy(clast, kt, cp, B, H);
+    masked_copy(clast, kt, a.cp, B, H);
     gemm(S.select(0, t), Hp.select(0, ts), w_t, 1.0f);  // pre-activations, activated in place below
-    T *g = step<T>(G, t), *c = step<T>(C, ts), *y = step<T>(ys, t);
-    at::parallel_for(0, B, grain(NH), [&](int64_t b0, int64_t b1) {
-      const int aux = aux_code<AUX>(cell);
-      const bool cumax = cumax_code<CUMAX>(cell);
-      for (int64_t b = b0; b < b1; ++b) {
-        T *sr = s + b * NH, *gr = g + b * H, *cr = c + b * H, *yr = y + b * H;
-        const T* cpr = cp + b * H;
-        if (cumax) {
-          for (int64_t j = 0; j < H; ++j) sr[j] += bf[j];
-          cumax_row(sr, sr, H);
-        }
-#pragma GCC ivdep
-        for (int64_t j = 0; j < H; ++j) {
-          T p = cumax ? sr[j] : sigm(sr[po + j] + bf[j]);
-          T a = aux ? sigm(aux == 2 ? sr[ao + j] - bf[j] : sr[ao + j]) : T(0);
-          T u = tanh_(sr[ou + j]);
-          T o = sigm(sr[oo + j]);
-          T gg = effective(p, a, aux);
-          T cc = aux == 3 ? gg * cpr[j] + a * u : u + gg * (cpr[j] - u);
-          sr[po + j] = p;
-          if (aux) sr[ao + j] = a;
-          sr[ou + j] = u;
-          sr[oo + j] = o;
-          gr[j] = gg;
-          cr[j] = cc;
-          yr[j] = o * tanh_(cc);
-        }
-      }
-    });
-    hlast = y;
-    clast = c;
+    at::parallel_for(0, B, grain(NH), [&](int64_t b0, int64_t b1) { rows(a, b0, b1); });
+    hlast = a.y;
+    clast = a.c;
   }
   Tensor hT = ys.select(0, Tn - 1).clone(), cT = C.select(0, Ts - 1).clone();
   if (!save) return {ys, hT, cT, G};
@@ -258,52 +397,25 @@ std::vector<Tensor> lstm_fwd_impl(const Tensor& S, const Tensor& h0, const Tenso
 }
 
 // Returns {dx, dw_ih, dbias, dh0, dc0, dw_hh}.
-template <typename T, int AUX, int CUMAX>
-std::vector<Tensor> lstm_bwd_impl(const Tensor& dy, const Tensor& dhT, const Tensor& dcT, const Tensor& S,
+template <typename T>
+std::vector<Tensor> lstm_bwd_loop(const Tensor& dy, const Tensor& dhT, const Tensor& dcT, const Tensor& S,
                                   const Tensor& G, const Tensor& C, const Tensor& Hp, const Tensor& Cp,
                                   const Tensor& w_hh, const Tensor& x, const Tensor& w_ih, const Tensor& keep_t,
                                   Cell cell, bool need_dx) {
-  const int aux = aux_code<AUX>(cell);
+  const auto rows = ROWS_FN(T, lstm_bwd_rows, cell, 3);
   const int64_t Tn = S.size(0), B = S.size(1), NH = S.size(2), H = G.size(2), K = chunk_steps(Tn, B);
-  const int64_t nb = NH / H, ou = (nb - 2) * H, oo = (nb - 1) * H;
-  const int64_t po = aux == 3 ? H : 0, ao = aux == 3 ? 0 : H;
   WeightGrads grads(x, w_ih, Hp, need_dx, false);
   Tensor dZ = at::empty({K, B, NH}, S.options()), dh = dhT.clone(), dc = dcT.clone();
-  T *dhp = dh.data_ptr<T>(), *dcp = dc.data_ptr<T>();
   const T* keep = keep_ptr<T>(keep_t);
   for (int64_t t = Tn - 1; t >= 0; --t) {
     const int64_t slot = t % K;
-    const T *s = step<T>(S, t), *g = step<T>(G, t), *c = step<T>(C, t), *cp = step<T>(Cp, t);
-    const T* dyt = step<T>(dy, t);
-    T* dz = step<T>(dZ, slot);
-    at::parallel_for(0, B, grain(NH), [&](int64_t b0, int64_t b1) {
-      const int aux = aux_code<AUX>(cell);
-      const bool cumax = cumax_code<CUMAX>(cell);
-      for (int64_t b = b0; b < b1; ++b) {
-        const T *sr = s + b * NH, *gr = g + b * H, *cr = c + b * H, *cpr = cp + b * H, *dyr = dyt + b * H;
-        T *dzr = dz + b * NH, *dhr = dhp + b * H, *dcr = dcp + b * H;
-#pragma GCC ivdep
-        for (int64_t j = 0; j < H; ++j) {
-          T p = sr[po + j], a = aux ? sr[ao + j] : T(0), u = sr[ou + j], o = sr[oo + j], gg = gr[j];
-          T dhv = dhr[j] + dyr[j];
-          T tc = tanh_(cr[j]);
-          T dcv = dcr[j] + dhv * o * (T(1) - tc * tc);
-          dzr[oo + j] = dhv * tc * (o - o * o);
-          dzr[ou + j] = dcv * (aux == 3 ? a : T(1) - gg) * (T(1) - u * u);
-          T dp, dza;
-          if (aux == 3) { dp = dcv * cpr[j]; dza = dcv * u * (a - a * a); }
-          else gate_grad(dcv * (cpr[j] - u), p, a, aux, dp, dza);
-          dzr[po + j] = cumax ? dp : dp * (p - p * p);
-          if (aux) dzr[ao + j] = dza;
-          dcr[j] = dcv * gg;
-        }
-        if (cumax) cumax_row_backward(sr, dzr, H);
-      }
-    });
+    LstmBwdRows<T> a{cell, H, NH, step<T>(S, t), step<T>(G, t), step<T>(C, t), step<T>(Cp, t), step<T>(dy, t),
+                     step<T>(dZ, slot), dh.data_ptr<T>(), dc.data_ptr<T>()};
+    at::parallel_for(0, B, grain(NH), [&](int64_t b0, int64_t b1) { rows(a, b0, b1); });
     gemm(dh, dZ.select(0, slot), w_hh, 0.0f);
     const T* kt = keep ? keep + t * B : nullptr;
-    scale_rows(dhp, kt, B, H);
-    scale_rows(dcp, kt, B, H);
+    scale_rows(a.dh, kt, B, H);
+    scale_rows(a.dc, kt, B, H);
     if (slot == 0) grads.add(dZ, dZ, t, std::min(K, Tn - t));
   }
   auto r = grads.take(x);
@@ -312,54 +424,28 @@ std::vector<Tensor> lstm_bwd_impl(const Tensor& dy, const Tensor& dhT, const Ten
 
 // ---------------------------------------------------------------- GRU grid
 // S [T, B, NH]: the input projection on entry, the activated gates on return.
-template <typename T, int AUX, int CUMAX>
-std::vector<Tensor> gru_fwd_impl(const Tensor& S, const Tensor& h0, const Tensor& w_hh, const Tensor& b_hh,
+template <typename T>
+std::vector<Tensor> gru_fwd_loop(const Tensor& S, const Tensor& h0, const Tensor& w_hh, const Tensor& b_hh,
                                  const Tensor& b_f, const Tensor& keep_t, Cell cell, bool save) {
+  const auto rows = ROWS_FN(T, gru_fwd_rows, cell, 2);
   const int64_t Tn = S.size(0), B = S.size(1), NH = S.size(2), H = h0.size(1);
   const int64_t Ts = save ? Tn : 1;  // without a backward to come, one step of scratch is reused
   auto opt = S.options();
   Tensor ys = at::empty({Tn, B, H}, opt), G = at::empty({Tn, B, H}, opt);
   Tensor HN = at::empty({Ts, B, H}, opt), Hp = at::empty({Ts, B, H}, opt), hz = at::empty({B, NH}, opt);
   Tensor w_t = w_hh.t();  // [H, NH] view
-  const T *hlast = h0.data_ptr<T>(), *bf = b_f.data_ptr<T>(), *bh = b_hh.data_ptr<T>();
+  const T *hlast = h0.data_ptr<T>(), *bh = b_hh.data_ptr<T>();
   const T* keep = keep_ptr<T>(keep_t);
   for (int64_t t = 0; t < Tn; ++t) {
     const int64_t ts = save ? t : 0;
-    T* hp = step<T>(Hp, ts);
+    T *hp = step<T>(Hp, ts), *hzp = hz.data_ptr<T>();
     masked_copy(hlast, keep ? keep + t * B : nullptr, hp, B, H);
-    T* hzp = hz.data_ptr<T>();
     for (int64_t b = 0; b < B; ++b) std::memcpy(hzp + b * NH, bh, sizeof(T) * NH);
     gemm(hz, Hp.select(0, ts), w_t, 1.0f);
-    T *s = step<T>(S, t), *g = step<T>(G, t), *hn = step<T>(HN, ts), *y = step<T>(ys, t);
-    at::parallel_for(0, B, grain(NH), [&](int64_t b0, int64_t b1) {
-      const int aux = aux_code<AUX>(cell);
-      const bool cumax = cumax_code<CUMAX>(cell);
-      for (int64_t b = b0; b < b1; ++b) {
-        const T *hr = hzp + b * NH, *hpr = hp + b * H;
-        T *sr = s + b * NH, *gr = g + b * H, *hnr = hn + b * H, *yr = y + b * H;
-        if (cumax) {
-          for (int64_t j = 0; j < H; ++j) sr[H + j] += hr[H + j] + bf[j];
-          cumax_row(sr + H, sr + H, H);
-        }
-        // Each element's pre-activations are read before its activated gates overwrite them.
-#pragma GCC ivdep
-        for (int64_t j = 0; j < H; ++j) {
-          T r = sigm(sr[j] + hr[j]);
-          T p = cumax ? sr[H + j] : sigm(sr[H + j] + hr[H + j] + bf[j]);
-          T n = tanh_(sr[2 * H + j] + r * hr[2 * H + j]);
-          T a = aux ? sigm(sr[3 * H + j] + hr[3 * H + j] - (aux == 2 ? bf[j] : T(0))) : T(0);
-          T gg = effective(p, a, aux);
-          sr[j] = r;
-          sr[H + j] = p;
-          sr[2 * H + j] = n;
-          if (aux) sr[3 * H + j] = a;
-          hnr[j] = hr[2 * H + j];
-          gr[j] = gg;
-          yr[j] = n + gg * (hpr[j] - n);
-        }
-      }
-    });
-    hlast = y;
+    GruFwdRows<T> a{cell, H, NH, b_f.data_ptr<T>(), hzp, hp, step<T>(S, t), step<T>(G, t), step<T>(HN, ts),
+                    step<T>(ys, t)};
+    at::parallel_for(0, B, grain(NH), [&](int64_t b0, int64_t b1) { rows(a, b0, b1); });
+    hlast = a.y;
   }
   Tensor hT = ys.select(0, Tn - 1).clone();
   if (!save) return {ys, hT, G};
@@ -367,49 +453,24 @@ std::vector<Tensor> gru_fwd_impl(const Tensor& S, const Tensor& h0, const Tensor
 }
 
 // Returns {dx, dw_ih, db_ih, dh0, dw_hh, db_hh}.
-template <typename T, int AUX, int CUMAX>
-std::vector<Tensor> gru_bwd_impl(const Tensor& dy, const Tensor& dhT, const Tensor& S, const Tensor& HN,
+template <typename T>
+std::vector<Tensor> gru_bwd_loop(const Tensor& dy, const Tensor& dhT, const Tensor& S, const Tensor& HN,
                                  const Tensor& G, const Tensor& Hp, const Tensor& w_hh, const Tensor& x,
                                  const Tensor& w_ih, const Tensor& keep_t, Cell cell, bool need_dx) {
+  const auto rows = ROWS_FN(T, gru_bwd_rows, cell, 2);
   const int64_t Tn = S.size(0), B = S.size(1), NH = S.size(2), H = G.size(2), K = chunk_steps(Tn, B);
   WeightGrads grads(x, w_ih, Hp, need_dx, true);
   Tensor dX = at::empty({K, B, NH}, S.options()), dHZ = at::empty({K, B, NH}, S.options());
   Tensor dh = dhT.clone(), dnext = at::empty({B, H}, S.options());
-  T *dhp = dh.data_ptr<T>(), *dnp = dnext.data_ptr<T>();
   const T* keep = keep_ptr<T>(keep_t);
   for (int64_t t = Tn - 1; t >= 0; --t) {
     const int64_t slot = t % K;
-    const T *s = step<T>(S, t), *g = step<T>(G, t), *hn = step<T>(HN, t), *hp = step<T>(Hp, t);
-    const T* dyt = step<T>(dy, t);
-    T *dx = step<T>(dX, slot), *dhz = step<T>(dHZ, slot);
-    at::parallel_for(0, B, grain(NH), [&](int64_t b0, int64_t b1) {
-      const int aux = aux_code<AUX>(cell);
-      const bool cumax = cumax_code<CUMAX>(cell);
-      for (int64_t b = b0; b < b1; ++b) {
-        const T *sr = s + b * NH, *gr = g + b * H, *hnr = hn + b * H, *hpr = hp + b * H, *dyr = dyt + b * H;
-        T *dxr = dx + b * NH, *dhzr = dhz + b * NH, *dhr = dhp + b * H, *dnr = dnp + b * H;
-#pragma GCC ivdep
-        for (int64_t j = 0; j < H; ++j) {
-          T r = sr[j], p = sr[H + j], n = sr[2 * H + j], a = aux ? sr[3 * H + j] : T(0), gg = gr[j];
-          T dhv = dhr[j] + dyr[j];
-          T dnpre = dhv * (T(1) - gg) * (T(1) - n * n);
-          T drpre = dnpre * hnr[j] * (r - r * r);
-          T dp, dza;
-          gate_grad(dhv * (hpr[j] - n), p, a, aux, dp, dza);
-          dxr[j] = drpre;
-          dxr[H + j] = cumax ? dp : dp * (p - p * p);
-          dxr[2 * H + j] = dnpre;
-          if (aux) dxr[3 * H + j] = dza;
-          dnr[j] = dhv * gg;
-        }
-        if (cumax) cumax_row_backward(sr + H, dxr + H, H);
-        std::memcpy(dhzr, dxr, sizeof(T) * NH);
-        for (int64_t j = 0; j < H; ++j) dhzr[2 * H + j] = dxr[2 * H + j] * sr[j];
-      }
-    });
-    std::memcpy(dhp, dnp, sizeof(T) * B * H);
+    GruBwdRows<T> a{cell, H, NH, step<T>(S, t), step<T>(G, t), step<T>(HN, t), step<T>(Hp, t), step<T>(dy, t),
+                    step<T>(dX, slot), step<T>(dHZ, slot), dh.data_ptr<T>(), dnext.data_ptr<T>()};
+    at::parallel_for(0, B, grain(NH), [&](int64_t b0, int64_t b1) { rows(a, b0, b1); });
+    std::memcpy(a.dh, a.dn, sizeof(T) * B * H);
     gemm(dh, dHZ.select(0, slot), w_hh, 1.0f);
-    scale_rows(dhp, keep ? keep + t * B : nullptr, B, H);
+    scale_rows(a.dh, keep ? keep + t * B : nullptr, B, H);
     if (slot == 0) grads.add(dX, dHZ, t, std::min(K, Tn - t));
   }
   auto r = grads.take(x);
@@ -428,26 +489,18 @@ Tensor keep_of(const c10::optional<Tensor>& keep) {
   return keep.has_value() && keep->defined() ? keep->contiguous() : Tensor();
 }
 
-// float: one instantiation per cell (vectorised, no branches); double: one for all cells.
-#define DISPATCH_CELL(dtype, cell, FN, MAX_AUX, ...)                                   \
+// The loops over time: one instantiation per dtype.
+#define DISPATCH_DTYPE(dtype, FN, ...)                                                      \
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, #FN ": float32 or float64 expected"); \
-  if (dtype == at::kDouble) return FN<double, -1, -1>(__VA_ARGS__);                    \
-  switch (cell.aux * 2 + (cell.cumax ? 1 : 0)) {                                       \
-    case 0: return FN<float, 0, 0>(__VA_ARGS__);                                       \
-    case 1: return FN<float, 0, 1>(__VA_ARGS__);                                       \
-    case 2: return FN<float, 1, 0>(__VA_ARGS__);                                       \
-    case 3: return FN<float, 1, 1>(__VA_ARGS__);                                       \
-    case 4: return FN<float, 2, 0>(__VA_ARGS__);                                       \
-    case 5: return FN<float, 2, 1>(__VA_ARGS__);                                       \
-    default: return FN<float, MAX_AUX, 0>(__VA_ARGS__);                                \
-  }
+  if (dtype == at::kDouble) return FN<double>(__VA_ARGS__);                                \
+  return FN<float>(__VA_ARGS__);
 
 std::vector<Tensor> lstm_fwd(const Tensor& input, const Tensor& w_ih, const Tensor& bias, const Tensor& h0,
                              const Tensor& c0, const Tensor& w_hh, const Tensor& b_f,
                              const c10::optional<Tensor>& keep, int64_t primary, int64_t aux, bool save) {
   const Cell cell = cell_of(primary, aux, 3);
   Tensor S = input_projection(input, w_ih, bias);
-  DISPATCH_CELL(S.scalar_type(), cell, lstm_fwd_impl, 3, S, h0.contiguous(), c0.contiguous(), w_hh.contiguous(),
+  DISPATCH_DTYPE(S.scalar_type(), lstm_fwd_loop, S, h0.contiguous(), c0.contiguous(), w_hh.contiguous(),
                 b_f.contiguous(), keep_of(keep), cell, save)
 }
 
@@ -456,7 +509,7 @@ std::vector<Tensor> lstm_bwd(const Tensor& dy, const Tensor& dhT, const Tensor& 
                              const Tensor& input, const Tensor& w_ih, const Tensor& w_hh,
                              const c10::optional<Tensor>& keep, int64_t primary, int64_t aux, bool need_dx) {
   const Cell cell = cell_of(primary, aux, 3);
-  DISPATCH_CELL(S.scalar_type(), cell, lstm_bwd_impl, 3, dy.contiguous(), dhT.contiguous(), dcT.contiguous(), S, G,
+  DISPATCH_DTYPE(S.scalar_type(), lstm_bwd_loop, dy.contiguous(), dhT.contiguous(), dcT.contiguous(), S, G,
                 C, Hp, Cp, w_hh.contiguous(), input, w_ih, keep_of(keep), cell, need_dx)
 }
 
@@ -465,7 +518,7 @@ std::vector<Tensor> gru_fwd(const Tensor& input, const Tensor& w_ih, const Tenso
                             const c10::optional<Tensor>& keep, int64_t primary, int64_t aux, bool save) {
   const Cell cell = cell_of(primary, aux, 2);
   Tensor S = input_projection(input, w_ih, b_ih);
-  DISPATCH_CELL(S.scalar_type(), cell, gru_fwd_impl, 2, S, h0.contiguous(), w_hh.contiguous(), b_hh.contiguous(),
+  DISPATCH_DTYPE(S.scalar_type(), gru_fwd_loop, S, h0.contiguous(), w_hh.contiguous(), b_hh.contiguous(),
                 b_f.contiguous(), keep_of(keep), cell, save)
 }
 
@@ -474,7 +527,7 @@ std::vector<Tensor> gru_bwd(const Tensor& dy, const Tensor& dhT, const Tensor& S
                             const Tensor& w_hh, const c10::optional<Tensor>& keep, int64_t primary, int64_t aux,
                             bool need_dx) {
   const Cell cell = cell_of(primary, aux, 2);
-  DISPATCH_CELL(S.scalar_type(), cell, gru_bwd_impl, 2, dy.contiguous(), dhT.contiguous(), S, HN, G, Hp,
+  DISPATCH_DTYPE(S.scalar_type(), gru_bwd_loop, dy.contiguous(), dhT.contiguous(), S, HN, G, Hp,
                 w_hh.contiguous(), input, w_ih, keep_of(keep), cell, need_dx)
 }
 
