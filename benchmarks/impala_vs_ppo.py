@@ -26,12 +26,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
-from policies.cores.cpu import cpu_info  # noqa: E402
 
 import train  # noqa: E402
 from agents import impala, ppo  # noqa: E402
 from agents.config import TrainConfig  # noqa: E402
 from agents.logger import make_run_dir  # noqa: E402
+from policies.cores.cpu import cpu_info  # noqa: E402
 
 TASKS = {
     # PPO: num_steps = unroll_length; IMPALA: the same envs split over the actors

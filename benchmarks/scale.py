@@ -36,12 +36,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
-from policies.cores.cpu import cpu_info  # noqa: E402
 
 import train  # noqa: E402
 from agents import impala  # noqa: E402
 from agents.config import TrainConfig  # noqa: E402
 from agents.logger import make_run_dir  # noqa: E402
+from policies.cores.cpu import cpu_info  # noqa: E402
 
 TASKS = {
     "minigrid": dict(env="MiniGrid-MemoryS7-v0", env_kwargs={}, unroll_length=128),

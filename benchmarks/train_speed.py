@@ -20,11 +20,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
-from policies.cores.cpu import cpu_info  # noqa: E402
 
 import train  # noqa: E402
 from agents import ppo  # noqa: E402
 from agents.config import TrainConfig  # noqa: E402
+from policies.cores.cpu import cpu_info  # noqa: E402
 
 
 def measure(cfg: TrainConfig, updates: int, warmup: int = 1) -> dict:

@@ -27,10 +27,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
-from policies.cores.cpu import cpu_info  # noqa: E402
 
 from agents.config import TrainConfig  # noqa: E402
 from benchmarks.train_speed import measure  # noqa: E402
+from policies.cores.cpu import cpu_info  # noqa: E402
 
 ENV = "MiniGrid-MemoryS7-v0"
 

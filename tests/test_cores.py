@@ -48,6 +48,19 @@ def _grads(core, x, state, reset):
     return y.detach(), [s.detach() for s in final], grads
 
 
+def _assert_same(ref, fast, x, reset):
+    """Outputs, final state and every gradient of ``fast`` equal ``ref``'s, from a random initial state."""
+    state = tuple(torch.randn_like(s) for s in ref.initial_state(x.shape[1], dtype=torch.float64))
+    y0, s0, g0 = _grads(ref, x, state, reset)
+    y1, s1, g1 = _grads(fast, x, state, reset)
+    torch.testing.assert_close(y1, y0)
+    for a, b in zip(s1, s0):
+        torch.testing.assert_close(a, b)
+    assert len(g0) == len(g1)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.fixture(params=["compiled", "python"])
 def backend(request, monkeypatch):
     """Run a test with the compiled scan and again with the Python scan."""
@@ -67,15 +80,7 @@ def test_compiled_scan_builds():
 def test_fast_equals_reference(spec, with_reset, backend):
     ref, fast = _pair(spec, L=2)
     x, r = _inputs(reset=with_reset)
-    state = tuple(torch.randn_like(s) for s in ref.initial_state(3, dtype=torch.float64))
-    y0, s0, g0 = _grads(ref, x, state, r)
-    y1, s1, g1 = _grads(fast, x, state, r)
-    torch.testing.assert_close(y1, y0)
-    for a, b in zip(s1, s0):
-        torch.testing.assert_close(a, b)
-    assert len(g0) == len(g1)
-    for a, b in zip(g1, g0):
-        torch.testing.assert_close(a, b)
+    _assert_same(ref, fast, x, r)
 
 
 @pytest.mark.parametrize("spec", ["lstm", "urlstm", "lstm:O-", "lstm:CM", "urgru", "gru:OR", "gru:--"])
@@ -87,16 +92,7 @@ def test_compiled_backward_in_chunks_equals_reference(spec):
         pytest.skip("the compiled scan did not build here")
     ref, fast = _pair(spec, D=3, L=2)
     x, _ = _inputs(T=40, B=64, D=3)
-    r = torch.rand(40, 64, generator=torch.Generator().manual_seed(5)) < 0.2
-    state = tuple(torch.randn_like(s) for s in ref.initial_state(64, dtype=torch.float64))
-    y0, s0, g0 = _grads(ref, x, state, r)
-    y1, s1, g1 = _grads(fast, x, state, r)
-    torch.testing.assert_close(y1, y0)
-    for a, b in zip(s1, s0):
-        torch.testing.assert_close(a, b)
-    assert len(g0) == len(g1)
-    for a, b in zip(g1, g0):
-        torch.testing.assert_close(a, b)
+    _assert_same(ref, fast, x, torch.rand(40, 64, generator=torch.Generator().manual_seed(5)) < 0.2)
 
 
 @pytest.mark.parametrize("spec", ["urlstm", "lstm:OM", "gru:UR", "gru:O-"])
