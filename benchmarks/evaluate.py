@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from agents import commands
 from agents import evaluate as ev  # noqa: E402
 from agents.config import TrainConfig  # noqa: E402
-from policies.cores.kernels import cpu_info  # noqa: E402
+from policies.cores.cpu import cpu_info  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

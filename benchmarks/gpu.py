@@ -153,7 +153,7 @@ def main() -> int:
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    from policies.cores.kernels import cpu_info
+    from policies.cores.cpu import cpu_info
 
     start = time.perf_counter()
     tasks = [(f"T{T}/B{B}/D{D}/H{H} {dt}", lambda T=T, B=B, D=D, H=H, dt=dt: bench_shape(

@@ -33,7 +33,7 @@ from agents.config import (
     TrainConfig,  # noqa: E402
 )
 from agents.logger import make_run_dir  # noqa: E402
-from policies.cores.kernels import cpu_info  # noqa: E402
+from policies.cores.cpu import cpu_info  # noqa: E402
 
 TASKS = {
     # PPO: num_steps = unroll_length; IMPALA: the same envs split over the actors

@@ -212,7 +212,7 @@ def main() -> None:
         others = [int(p) for p in args.wait_for.split(",") if p]
         run([j for text in args.jobs for j in parse_job(text)], args.parallel, until, others)
         return
-    from policies.cores.kernels import cpu_info
+    from policies.cores.cpu import cpu_info
 
     rows = collect()
     print(json.dumps({"cpu": cpu_info(), "runs": rows}, default=str))

@@ -44,7 +44,7 @@ from agents import (  # noqa: E402
 )
 from agents.config import TrainConfig  # noqa: E402
 from agents.logger import make_run_dir  # noqa: E402
-from policies.cores.kernels import cpu_info  # noqa: E402
+from policies.cores.cpu import cpu_info  # noqa: E402
 
 TASKS = {
     "minigrid": dict(env="MiniGrid-MemoryS7-v0", env_kwargs={}, unroll_length=128),

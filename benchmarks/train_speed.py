@@ -23,7 +23,7 @@ import torch  # noqa: E402
 
 from agents import commands, ppo, runfolder, runloop  # noqa: E402
 from agents.config import TrainConfig, parse_kwargs  # noqa: E402
-from policies.cores.kernels import cpu_info  # noqa: E402
+from policies.cores.cpu import cpu_info  # noqa: E402
 
 
 def measure(cfg: TrainConfig, updates: int, warmup: int = 1) -> dict:

@@ -30,7 +30,7 @@ import torch  # noqa: E402
 
 from agents.config import TrainConfig  # noqa: E402
 from benchmarks.train_speed import measure  # noqa: E402
-from policies.cores.kernels import cpu_info  # noqa: E402
+from policies.cores.cpu import cpu_info  # noqa: E402
 
 ENV = "MiniGrid-MemoryS7-v0"
 

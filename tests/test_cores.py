@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from policies.cores import CORE_SPECS, URLSTM, kernels, make_core
+from policies.cores import CORE_SPECS, URLSTM, library, make_core
 from policies.cores import gates as G
 
 STACKS = ["stack:1", "stack:3", "stack:9"]  # no state, a window shorter and one longer than T = 7
@@ -50,18 +50,31 @@ def _grads(core, x, state, reset):
     return y.detach(), [s.detach() for s in final], grads
 
 
+def _assert_same(ref, fast, x, reset):
+    """Outputs, final state and every gradient of ``fast`` equal ``ref``'s, from a random initial state."""
+    state = tuple(torch.randn_like(s) for s in ref.initial_state(x.shape[1], dtype=torch.float64))
+    y0, s0, g0 = _grads(ref, x, state, reset)
+    y1, s1, g1 = _grads(fast, x, state, reset)
+    torch.testing.assert_close(y1, y0)
+    for a, b in zip(s1, s0):
+        torch.testing.assert_close(a, b)
+    assert len(g0) == len(g1)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.fixture(params=["compiled", "python"])
 def backend(request, monkeypatch):
     """Run a test with the compiled scan and again with the Python scan."""
-    if request.param == "compiled" and not kernels.extension():
+    if request.param == "compiled" and not library.extension():
         pytest.skip("the compiled scan did not build here")
-    monkeypatch.setitem(kernels._STATE, "ok", request.param == "compiled")
+    monkeypatch.setitem(library._STATE, "ok", request.param == "compiled")
     return request.param
 
 
 def test_compiled_scan_builds():
     """The compiled loop is the default fast path wherever a C++ compiler exists (as in CI)."""
-    assert kernels.extension()
+    assert library.extension()
 
 
 @pytest.mark.parametrize("spec", RECURRENT)
@@ -69,15 +82,19 @@ def test_compiled_scan_builds():
 def test_fast_equals_reference(spec, with_reset, backend):
     ref, fast = _pair(spec, L=2)
     x, r = _inputs(reset=with_reset)
-    state = tuple(torch.randn_like(s) for s in ref.initial_state(3, dtype=torch.float64))
-    y0, s0, g0 = _grads(ref, x, state, r)
-    y1, s1, g1 = _grads(fast, x, state, r)
-    torch.testing.assert_close(y1, y0)
-    for a, b in zip(s1, s0):
-        torch.testing.assert_close(a, b)
-    assert len(g0) == len(g1)
-    for a, b in zip(g1, g0):
-        torch.testing.assert_close(a, b)
+    _assert_same(ref, fast, x, r)
+
+
+@pytest.mark.parametrize("spec", ["lstm", "urlstm", "lstm:O-", "lstm:CM", "urgru", "gru:OR", "gru:--"])
+def test_compiled_backward_in_chunks_equals_reference(spec):
+    """64 rows per step put 40 steps in two chunks of the compiled backward pass (2048 rows each),
+    the first one done partial: outputs, final state and every gradient as the reference's. Resets
+    at one step in five per sequence also send ``lstm`` through the loop (torch.nn.LSTM's cell)."""
+    if not library.extension():
+        pytest.skip("the compiled scan did not build here")
+    ref, fast = _pair(spec, D=3, L=2)
+    x, _ = _inputs(T=40, B=64, D=3)
+    _assert_same(ref, fast, x, torch.rand(40, 64, generator=torch.Generator().manual_seed(5)) < 0.2)
 
 
 @pytest.mark.parametrize("spec", ["urlstm", "lstm:OM", "gru:UR", "gru:O-", "stack:3"])
@@ -402,8 +419,8 @@ def test_a_stale_build_lock_left_by_a_killed_process_does_not_hang():
 
     if os.environ.get("URLSTM_NO_EXT", "") not in ("", "0"):
         pytest.skip("URLSTM_NO_EXT: no build")
-    code = ("from policies.cores import kernels; d = kernels.build_dir(); d.mkdir(parents=True, exist_ok=True); "
-            "(d / 'lock').touch(); kernels.extension(); print((d / 'lock').exists())")
+    code = ("from policies.cores import library; d = library.build_dir(); d.mkdir(parents=True, exist_ok=True); "
+            "(d / 'lock').touch(); library.extension(); print((d / 'lock').exists())")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=root)
     assert out.returncode == 0, out.stderr

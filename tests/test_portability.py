@@ -13,18 +13,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from policies.cores import CORE_SPECS, kernels, make_core
+from policies.cores import CORE_SPECS, cpu, library, make_core
 
 ROOT = Path(__file__).resolve().parents[1]
 RECURRENT = [s for s in CORE_SPECS if s != "mlp"]
 # (T, B, D, H): the default config's acting step (32 envs; the encoder's 128 features plus the
 # previous action and reward) and training minibatch (8 sequences of 102 steps), then a batch above
-# the rows-per-thread grain of the gate loops (16384 / gate units) so that both threads share a step.
-SIZES = [(1, 32, 133, 128), (102, 8, 133, 128), (9, 80, 133, 128)]
+# the rows-per-thread grain of the gate loops (16384 / gate units) so that both threads share a step,
+# and 64 sequences of 36 steps: the compiled backward pass in two chunks of steps (2048 rows each).
+SIZES = [(1, 32, 133, 128), (102, 8, 133, 128), (9, 80, 133, 128), (36, 64, 133, 128)]
 
 
 def _compiled():
-    if not kernels.extension():
+    if not library.extension():
         pytest.skip("the compiled scan did not build here")
 
 
@@ -102,13 +103,13 @@ def test_no_private_torch_api_in_the_sources():
 
 def test_build_folder_is_keyed_to_the_cpu(monkeypatch):
     """Another CPU (model or instruction-set flags), another folder: never a library built elsewhere."""
-    here = kernels.build_dir()
+    here = library.build_dir()
     assert here.name.startswith("urlstm_scan_")
-    monkeypatch.setattr(kernels, "cpu_identity", lambda: "x86_64 | another model | avx avx2 avx512f")
-    other = kernels.build_dir()
-    monkeypatch.setattr(kernels, "cpu_identity", lambda: "x86_64 | another model | avx avx2")
-    assert len({here, other, kernels.build_dir()}) == 3
-    assert "avx2" in kernels.cpu_identity() or platform_is_not_x86()
+    monkeypatch.setattr(cpu, "cpu_identity", lambda: "x86_64 | another model | avx avx2 avx512f")
+    other = library.build_dir()
+    monkeypatch.setattr(cpu, "cpu_identity", lambda: "x86_64 | another model | avx avx2")
+    assert len({here, other, library.build_dir()}) == 3
+    assert "avx2" in cpu.cpu_identity() or platform_is_not_x86()
 
 
 def platform_is_not_x86() -> bool:
@@ -127,21 +128,21 @@ def test_a_library_that_dies_on_this_cpu_falls_back_with_one_warning(tmp_path):
     illegal instruction) costs one warning line and the Python scan, never a crash."""
     code = """
 import warnings
-from policies.cores import kernels, make_core
+from policies.cores import library, make_core
 import torch
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    ok = kernels.extension()
+    ok = library.extension()
 core = make_core("urlstm", 3, 4)
 y, _ = core(torch.randn(5, 2, 3))
 print(ok, len(caught), str(caught[0].message) if caught else "", tuple(y.shape))
 """
-    # the child process that builds re-imports kernels, so the crash is injected there through a
+    # the child process that builds imports selfcheck, so the crash is injected there through a
     # sitecustomize module on its path
     (tmp_path / "sitecustomize.py").write_text(
         "import os, signal\n"
         "def _die(folder):\n    os.kill(os.getpid(), signal.SIGILL)\n"
-        "import policies.cores.kernels as k\nk._build_and_check = _die\n")
+        "import policies.cores.selfcheck as s\ns.build_and_check = _die\n")
     env = {"TORCH_EXTENSIONS_DIR": str(tmp_path / "ext"), "URLSTM_NO_EXT": "",
            "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
     out = _python(code, env)
@@ -155,9 +156,9 @@ print(ok, len(caught), str(caught[0].message) if caught else "", tuple(y.shape))
 def test_a_corrupt_cached_library_falls_back_with_one_warning(tmp_path):
     """A library file that does not load (truncated, foreign) is a warning, never a crash."""
     env = {"TORCH_EXTENSIONS_DIR": str(tmp_path), "URLSTM_NO_EXT": ""}
-    code = ("from policies.cores import kernels; d = kernels.build_dir(); d.mkdir(parents=True); "
-            "(d / kernels.LIBRARY).write_bytes(b'not a library'); (d / kernels.PASSED).write_text('x'); "
-            "import warnings; warnings.simplefilter('always'); print(kernels.extension())")
+    code = ("from policies.cores import library; d = library.build_dir(); d.mkdir(parents=True); "
+            "(d / library.LIBRARY).write_bytes(b'not a library'); (d / library.PASSED).write_text('x'); "
+            "import warnings; warnings.simplefilter('always'); print(library.extension())")
     out = _python(code, env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[-1] == "False"

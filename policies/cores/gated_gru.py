@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import gates as G
-from . import kernels
+from . import kernels, library
 from .base import GridCore, State, between_layers
 
 
@@ -112,7 +112,7 @@ def gru_fast_scan(x, w_ih, b_ih, h0, w_hh, b_hh, b_f, keep, primary: str, aux: s
     imports, else GRUScan. Same signature as the reference."""
     from . import triton_scan
 
-    if kernels.runs(x):
+    if library.runs(x):
         return kernels.gru_scan(x, w_ih, b_ih, h0, w_hh, b_hh, b_f, keep, primary, aux)
     if triton_scan.usable(x, h0.shape[-1]):
         out = triton_scan.gru_scan(x, w_ih, b_ih, h0, w_hh, b_hh, b_f, keep, primary, aux)

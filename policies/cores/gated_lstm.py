@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import gates as G
-from . import kernels
+from . import kernels, library
 from .base import GridCore, State, between_layers
 
 
@@ -117,7 +117,7 @@ def lstm_fast_scan(x, w_ih, bias, h0, c0, w_hh, b_f, keep, primary: str, aux: st
     imports, else LSTMScan. Same signature as the reference."""
     from . import triton_scan
 
-    if kernels.runs(x):
+    if library.runs(x):
         return kernels.lstm_scan(x, w_ih, bias, h0, c0, w_hh, b_f, keep, primary, aux)
     if triton_scan.usable(x, h0.shape[-1]):
         out = triton_scan.lstm_scan(x, w_ih, bias, h0, c0, w_hh, b_f, keep, primary, aux)

@@ -8,13 +8,28 @@
 // keep: [T, B] of 1.0 / 0.0 or undefined.
 // The forget bias b_f [H] is added to the primary pre-activation (and subtracted from a refine gate's)
 // inside the loop; its gradient is reduced from the returned pre-activation gradients by the caller.
-#include <ATen/ATen.h>
+//
+// Memory: the input projection of the whole sequence is written once into the buffer that then holds
+// each step's pre-activations and, in place, its activated gates (saved for the backward pass). The
+// backward pass keeps the pre-activation gradients of a chunk of steps only and folds each chunk
+// into the weight gradients at once: buffers of the size of the whole sequence are allocated, and
+// their pages faulted in, once per call fewer.
+//
+// Only the headers used are included (not ATen/ATen.h): the first build on a machine is the one
+// users wait for.
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/sum.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -22,11 +37,12 @@ namespace {
 using at::Tensor;
 
 // out = beta * out + a @ b (out contiguous), through ATen's public BLAS ops.
-void gemm(Tensor& out, const Tensor& a, const Tensor& b, float beta) {
+void gemm(const Tensor& out, const Tensor& a, const Tensor& b, float beta) {
+  Tensor o = out;
   if (beta == 0.0f) {
-    at::mm_out(out, a, b);
+    at::mm_out(o, a, b);
   } else {
-    at::addmm_out(out, out, a, b, beta, 1.0f);
+    at::addmm_out(o, o, a, b, beta, 1.0f);
   }
 }
 
@@ -53,17 +69,30 @@ template <> inline float tanh_<float>(float x) {
   return std::copysign((1.0f - e) / (1.0f + e), x);
 }
 
-template <typename T, int AUX> inline T effective(T p, T a) {
-  if (AUX == 0 || AUX == 3) return p;
+// The gate codes of a cell. The loops take them as template arguments AUX and CUMAX, so that each
+// float cell's inner loop is compiled without branches and vectorises; -1 reads them from the Cell
+// at run time instead, which the scalar float64 loops do (one instantiation for every cell keeps the
+// first build short).
+struct Cell {
+  int aux;
+  bool cumax;
+};
+
+// The codes as the loops read them: constants when given as template arguments.
+template <int AUX> inline int aux_code(Cell cell) { return AUX >= 0 ? AUX : cell.aux; }
+template <int CUMAX> inline bool cumax_code(Cell cell) { return CUMAX >= 0 ? CUMAX != 0 : cell.cumax; }
+
+template <typename T> inline T effective(T p, T a, int aux) {
+  if (aux == 0 || aux == 3) return p;
   T pp = p * p;
-  return pp + (AUX == 2 ? T(2) : T(1)) * a * (p - pp);
+  return pp + (aux == 2 ? T(2) : T(1)) * a * (p - pp);
 }
 
 // dL/dp and dL/d(aux pre-activation) from dL/dg.
-template <typename T, int AUX> inline void gate_grad(T dg, T p, T a, T& dp, T& dza) {
-  if (AUX == 0) { dp = dg; dza = 0; return; }
+template <typename T> inline void gate_grad(T dg, T p, T a, int aux, T& dp, T& dza) {
+  if (aux == 0) { dp = dg; dza = 0; return; }
   T q = p - p * p, sa = a - a * a;
-  if (AUX == 2) { dp = dg * (T(2) * p + T(2) * a * (T(1) - T(2) * p)); dza = dg * T(2) * q * sa; }
+  if (aux == 2) { dp = dg * (T(2) * p + T(2) * a * (T(1) - T(2) * p)); dza = dg * T(2) * q * sa; }
   else { dp = dg * (T(2) * p * (T(1) - a) + a); dza = dg * q * sa; }
 }
 
@@ -87,7 +116,15 @@ template <typename T> void cumax_row_backward(const T* p, T* dp, int64_t H) {
 // Step t of a contiguous [T, ...] tensor, as a pointer: no per-step tensor op in the loops.
 template <typename T> inline T* step(const Tensor& X, int64_t t) { return X.data_ptr<T>() + t * X.stride(0); }
 
+template <typename T> inline const T* keep_ptr(const Tensor& keep) {
+  return keep.defined() ? keep.data_ptr<T>() : nullptr;
+}
+
 int64_t grain(int64_t H) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(H, 1)); }
+
+// Steps per chunk of the backward pass: about 2048 rows, enough for the weight-gradient GEMMs to run
+// at full speed, few enough that the chunk's gradients stay small.
+int64_t chunk_steps(int64_t Tn, int64_t B) { return std::clamp<int64_t>(2048 / std::max<int64_t>(B, 1), 1, Tn); }
 
 // h <- h * keep (row-wise), written to out.
 template <typename T> void masked_copy(const T* h, const T* keep, T* out, int64_t B, int64_t H) {
@@ -104,292 +141,394 @@ template <typename T> void scale_rows(T* x, const T* keep, int64_t B, int64_t H)
       for (int64_t j = 0; j < H; ++j) x[b * H + j] *= keep[b];
 }
 
-// ---------------------------------------------------------------- LSTM grid
-template <typename T, int AUX, bool CUMAX>
-std::vector<Tensor> lstm_fwd_impl(const Tensor& xz, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
-                                  const Tensor& b_f, const T* keep, bool save) {
-  const int64_t Tn = xz.size(0), B = xz.size(1), NH = xz.size(2), H = h0.size(1);
-  const int64_t nb = NH / H, ou = (nb - 2) * H, oo = (nb - 1) * H;
-  const int64_t po = AUX == 3 ? H : 0, ao = AUX == 3 ? 0 : H;  // torch.nn.LSTM's blocks: i, f, g, o
-  const int64_t Ts = save ? Tn : 1;  // without a backward to come, one step of scratch is reused
-  auto opt = xz.options();
-  Tensor ys = at::empty({Tn, B, H}, opt), S = at::empty({Ts, B, NH}, opt), G = at::empty({Tn, B, H}, opt);
-  Tensor C = at::empty({Ts, B, H}, opt), Hp = at::empty({Ts, B, H}, opt), Cp = at::empty({Ts, B, H}, opt);
-  Tensor w_t = w_hh.t();  // [H, NH] view: both GEMM libraries take the transposed layout as is
-  const T *hlast = h0.data_ptr<T>(), *clast = c0.data_ptr<T>(), *bf = b_f.data_ptr<T>();
-  for (int64_t t = 0; t < Tn; ++t) {
-    const int64_t ts = save ? t : 0;
-    T *hp = step<T>(Hp, ts), *cp = step<T>(Cp, ts), *s = step<T>(S, ts);
-    const T* kt = keep ? keep + t * B : nullptr;
-    masked_copy(hlast, kt, hp, B, H);
-    masked_copy(clast, kt, cp, B, H);
-    std::memcpy(s, step<T>(xz, t), sizeof(T) * B * NH);
-    Tensor st = S.select(0, ts);
-    gemm(st, Hp.select(0, ts), w_t, 1.0f);  // pre-activations, activated in place below
-    T *g = step<T>(G, t), *c = step<T>(C, ts), *y = step<T>(ys, t);
-    at::parallel_for(0, B, grain(NH), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        T *sr = s + b * NH, *gr = g + b * H, *cr = c + b * H, *yr = y + b * H;
-        const T* cpr = cp + b * H;
-        if (CUMAX) {
-          for (int64_t j = 0; j < H; ++j) sr[j] += bf[j];
-          cumax_row(sr, sr, H);
-        }
-#pragma GCC ivdep
-        for (int64_t j = 0; j < H; ++j) {
-          T p = CUMAX ? sr[j] : sigm(sr[po + j] + bf[j]);
-          T a = AUX ? sigm(AUX == 2 ? sr[ao + j] - bf[j] : sr[ao + j]) : T(0);
-          T u = tanh_(sr[ou + j]);
-          T o = sigm(sr[oo + j]);
-          T gg = effective<T, AUX>(p, a);
-          T cc = AUX == 3 ? gg * cpr[j] + a * u : u + gg * (cpr[j] - u);
-          sr[po + j] = p;
-          if (AUX) sr[ao + j] = a;
-          sr[ou + j] = u;
-          sr[oo + j] = o;
-          gr[j] = gg;
-          cr[j] = cc;
-          yr[j] = o * tanh_(cc);
-        }
-      }
-    });
-    hlast = y;
-    clast = c;
-  }
-  Tensor hT = ys[Tn - 1].clone(), cT = C[Ts - 1].clone();
-  if (!save) return {ys, hT, cT, G};
-  return {ys, hT, cT, G, S, C, Hp, Cp};
-}
-
-template <typename T, int AUX, bool CUMAX>
-std::vector<Tensor> lstm_bwd_impl(const Tensor& dy, const Tensor& dhT, const Tensor& dcT, const Tensor& S,
-                                  const Tensor& G, const Tensor& C, const Tensor& Hp, const Tensor& Cp,
-                                  const Tensor& w_hh, const T* keep) {
-  const int64_t Tn = S.size(0), B = S.size(1), NH = S.size(2), H = G.size(2);
-  const int64_t nb = NH / H, ou = (nb - 2) * H, oo = (nb - 1) * H;
-  const int64_t po = AUX == 3 ? H : 0, ao = AUX == 3 ? 0 : H;
-  Tensor dZ = at::empty_like(S), dh = dhT.clone(), dc = dcT.clone();
-  T *dhp = dh.data_ptr<T>(), *dcp = dc.data_ptr<T>();
-  for (int64_t t = Tn - 1; t >= 0; --t) {
-    const T *s = step<T>(S, t), *g = step<T>(G, t), *c = step<T>(C, t), *cp = step<T>(Cp, t);
-    const T* dyt = step<T>(dy, t);
-    T* dz = step<T>(dZ, t);
-    at::parallel_for(0, B, grain(NH), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const T *sr = s + b * NH, *gr = g + b * H, *cr = c + b * H, *cpr = cp + b * H, *dyr = dyt + b * H;
-        T *dzr = dz + b * NH, *dhr = dhp + b * H, *dcr = dcp + b * H;
-#pragma GCC ivdep
-        for (int64_t j = 0; j < H; ++j) {
-          T p = sr[po + j], a = AUX ? sr[ao + j] : T(0), u = sr[ou + j], o = sr[oo + j], gg = gr[j];
-          T dhv = dhr[j] + dyr[j];
-          T tc = tanh_(cr[j]);
-          T dcv = dcr[j] + dhv * o * (T(1) - tc * tc);
-          dzr[oo + j] = dhv * tc * (o - o * o);
-          dzr[ou + j] = dcv * (AUX == 3 ? a : T(1) - gg) * (T(1) - u * u);
-          T dp, dza;
-          if (AUX == 3) { dp = dcv * cpr[j]; dza = dcv * u * (a - a * a); }
-          else gate_grad<T, AUX>(dcv * (cpr[j] - u), p, a, dp, dza);
-          dzr[po + j] = CUMAX ? dp : dp * (p - p * p);
-          if (AUX) dzr[ao + j] = dza;
-          dcr[j] = dcv * gg;
-        }
-        if (CUMAX) cumax_row_backward(sr, dzr, H);
-      }
-    });
-    gemm(dh, dZ.select(0, t), w_hh, 0.0f);
-    const T* kt = keep ? keep + t * B : nullptr;
-    scale_rows(dhp, kt, B, H);
-    scale_rows(dcp, kt, B, H);
-  }
-  Tensor dW = at::empty({NH, H}, S.options());
-  gemm(dW, dZ.view({Tn * B, NH}).t(), Hp.view({Tn * B, H}), 0.0f);
-  return {dZ, dh, dc, dW};
-}
-
-// ---------------------------------------------------------------- GRU grid
-template <typename T, int AUX, bool CUMAX>
-std::vector<Tensor> gru_fwd_impl(const Tensor& xz, const Tensor& h0, const Tensor& w_hh, const Tensor& b_hh,
-                                 const Tensor& b_f, const T* keep, bool save) {
-  const int64_t Tn = xz.size(0), B = xz.size(1), NH = xz.size(2), H = h0.size(1);
-  const int64_t Ts = save ? Tn : 1;  // without a backward to come, one step of scratch is reused
-  auto opt = xz.options();
-  Tensor ys = at::empty({Tn, B, H}, opt), S = at::empty({Ts, B, NH}, opt), G = at::empty({Tn, B, H}, opt);
-  Tensor HN = at::empty({Ts, B, H}, opt), Hp = at::empty({Ts, B, H}, opt), hz = at::empty({B, NH}, opt);
-  Tensor w_t = w_hh.t();  // [H, NH] view
-  const T *hlast = h0.data_ptr<T>(), *bf = b_f.data_ptr<T>(), *bh = b_hh.data_ptr<T>();
-  for (int64_t t = 0; t < Tn; ++t) {
-    const int64_t ts = save ? t : 0;
-    T* hp = step<T>(Hp, ts);
-    masked_copy(hlast, keep ? keep + t * B : nullptr, hp, B, H);
-    T* hzp = hz.data_ptr<T>();
-    for (int64_t b = 0; b < B; ++b) std::memcpy(hzp + b * NH, bh, sizeof(T) * NH);
-    gemm(hz, Hp.select(0, ts), w_t, 1.0f);
-    const T* x = step<T>(xz, t);
-    T *s = step<T>(S, ts), *g = step<T>(G, t), *hn = step<T>(HN, ts), *y = step<T>(ys, t);
-    at::parallel_for(0, B, grain(NH), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const T *xr = x + b * NH, *hr = hzp + b * NH, *hpr = hp + b * H;
-        T *sr = s + b * NH, *gr = g + b * H, *hnr = hn + b * H, *yr = y + b * H;
-        if (CUMAX) {
-          for (int64_t j = 0; j < H; ++j) sr[H + j] = xr[H + j] + hr[H + j] + bf[j];
-          cumax_row(sr + H, sr + H, H);
-        }
-#pragma GCC ivdep
-        for (int64_t j = 0; j < H; ++j) {
-          T r = sigm(xr[j] + hr[j]);
-          T p = CUMAX ? sr[H + j] : sigm(xr[H + j] + hr[H + j] + bf[j]);
-          T n = tanh_(xr[2 * H + j] + r * hr[2 * H + j]);
-          T a = AUX ? sigm(xr[3 * H + j] + hr[3 * H + j] - (AUX == 2 ? bf[j] : T(0))) : T(0);
-          T gg = effective<T, AUX>(p, a);
-          sr[j] = r;
-          sr[H + j] = p;
-          sr[2 * H + j] = n;
-          if (AUX) sr[3 * H + j] = a;
-          hnr[j] = hr[2 * H + j];
-          gr[j] = gg;
-          yr[j] = n + gg * (hpr[j] - n);
-        }
-      }
-    });
-    hlast = y;
-  }
-  if (!save) return {ys, ys[Tn - 1].clone(), G};
-  return {ys, ys[Tn - 1].clone(), G, S, HN, Hp};
-}
-
-template <typename T, int AUX, bool CUMAX>
-std::vector<Tensor> gru_bwd_impl(const Tensor& dy, const Tensor& dhT, const Tensor& S, const Tensor& HN,
-                                 const Tensor& G, const Tensor& Hp, const Tensor& w_hh, const T* keep) {
-  const int64_t Tn = S.size(0), B = S.size(1), NH = S.size(2), H = G.size(2);
-  Tensor dX = at::empty_like(S), dHZ = at::empty_like(S), dh = dhT.clone(), dnext = at::empty_like(dhT);
-  T *dhp = dh.data_ptr<T>(), *dnp = dnext.data_ptr<T>();
-  for (int64_t t = Tn - 1; t >= 0; --t) {
-    const T *s = step<T>(S, t), *g = step<T>(G, t), *hn = step<T>(HN, t), *hp = step<T>(Hp, t);
-    const T* dyt = step<T>(dy, t);
-    T *dx = step<T>(dX, t), *dhz = step<T>(dHZ, t);
-    at::parallel_for(0, B, grain(NH), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const T *sr = s + b * NH, *gr = g + b * H, *hnr = hn + b * H, *hpr = hp + b * H, *dyr = dyt + b * H;
-        T *dxr = dx + b * NH, *dhzr = dhz + b * NH, *dhr = dhp + b * H, *dnr = dnp + b * H;
-#pragma GCC ivdep
-        for (int64_t j = 0; j < H; ++j) {
-          T r = sr[j], p = sr[H + j], n = sr[2 * H + j], a = AUX ? sr[3 * H + j] : T(0), gg = gr[j];
-          T dhv = dhr[j] + dyr[j];
-          T dnpre = dhv * (T(1) - gg) * (T(1) - n * n);
-          T drpre = dnpre * hnr[j] * (r - r * r);
-          T dp, dza;
-          gate_grad<T, AUX>(dhv * (hpr[j] - n), p, a, dp, dza);
-          dxr[j] = drpre;
-          dxr[H + j] = CUMAX ? dp : dp * (p - p * p);
-          dxr[2 * H + j] = dnpre;
-          if (AUX) dxr[3 * H + j] = dza;
-          dnr[j] = dhv * gg;
-        }
-        if (CUMAX) cumax_row_backward(sr + H, dxr + H, H);
-        std::memcpy(dhzr, dxr, sizeof(T) * NH);
-        for (int64_t j = 0; j < H; ++j) dhzr[2 * H + j] = dxr[2 * H + j] * sr[j];
-      }
-    });
-    std::memcpy(dhp, dnp, sizeof(T) * B * H);
-    gemm(dh, dHZ.select(0, t), w_hh, 1.0f);
-    scale_rows(dhp, keep ? keep + t * B : nullptr, B, H);
-  }
-  Tensor dW = at::empty({NH, H}, S.options());
-  gemm(dW, dHZ.view({Tn * B, NH}).t(), Hp.view({Tn * B, H}), 0.0f);
-  return {dX, dh, dW, dHZ.sum({0, 1})};
-}
-
-// ---------------------------------------------------------------- input projection
-// xz = x @ w_ih^T + bias for the whole sequence: x [T, B, D] -> [T, B, NH].
+// ---------------------------------------------------------------- input projection and weight gradients
+// x @ w_ih^T + bias for the whole sequence: x [T, B, D] -> [T, B, NH], a fresh buffer.
 Tensor input_projection(const Tensor& x, const Tensor& w_ih, const Tensor& bias) {
   const int64_t Tn = x.size(0), B = x.size(1), D = x.size(2), NH = w_ih.size(0);
   Tensor xz = at::empty({Tn * B, NH}, x.options());
-  xz.copy_(bias.expand({Tn * B, NH}));  // a fresh buffer: expand(...).contiguous() may alias bias
+  xz.copy_(bias.expand({Tn * B, NH}));
   gemm(xz, x.reshape({Tn * B, D}), w_ih.t(), 1.0f);
   return xz.view({Tn, B, NH});
 }
 
-// Gradients of the projection from dxz [T, B, NH]: {dx (empty when not needed), dw_ih, dbias}.
-std::vector<Tensor> projection_backward(const Tensor& dxz, const Tensor& x, const Tensor& w_ih, bool need_dx) {
-  const int64_t Tn = x.size(0), B = x.size(1), D = x.size(2), NH = w_ih.size(0);
-  Tensor d2 = dxz.reshape({Tn * B, NH});
-  Tensor dx = at::empty({0}, x.options());
-  if (need_dx) {
-    dx = at::empty({Tn * B, D}, x.options());
-    gemm(dx, d2, w_ih.contiguous(), 0.0f);
-    dx = dx.view({Tn, B, D});
+// The gradients that are sums over all steps, accumulated chunk by chunk from the top chunk down:
+// dx, dw_ih, db_ih from the input pre-activation gradients, dw_hh (and, given db_hh, its bias) from
+// the hidden ones. dx is empty when not needed.
+struct WeightGrads {
+  Tensor x2, w_ih, hp2;  // x [T*B, D], w_ih [NH, D], the previous hidden states [T*B, H]
+  Tensor dx, dw_ih, db_ih, dw_hh, db_hh;
+  int64_t B;
+  bool first = true;
+
+  WeightGrads(const Tensor& x, const Tensor& w, const Tensor& Hp, bool need_dx, bool hidden_bias) {
+    const int64_t Tn = x.size(0), D = x.size(2), NH = w.size(0), H = Hp.size(2);
+    B = x.size(1);
+    x2 = x.reshape({Tn * B, D}).contiguous();
+    w_ih = w.contiguous();
+    hp2 = Hp.view({Tn * B, H});
+    dx = need_dx ? at::empty({Tn * B, D}, x.options()) : at::empty({0}, x.options());
+    dw_ih = at::empty({NH, D}, x.options());
+    db_ih = at::empty({NH}, x.options());
+    dw_hh = at::empty({NH, H}, x.options());
+    if (hidden_bias) db_hh = at::empty({NH}, x.options());
   }
-  Tensor dw = at::empty({NH, D}, x.options());
-  gemm(dw, d2.t(), x.reshape({Tn * B, D}).contiguous(), 0.0f);
-  return {dx, dw, dxz.sum({0, 1})};
+
+  // Steps [t0, t0 + n): dX, dHZ [>= n, B, NH] (the same tensor when the pre-activations are shared).
+  void add(const Tensor& dX, const Tensor& dHZ, int64_t t0, int64_t n) {
+    const int64_t rows = n * B, NH = dX.size(2), r0 = t0 * B;
+    const float beta = first ? 0.0f : 1.0f;
+    Tensor dx2 = dX.narrow(0, 0, n).view({rows, NH}), dh2 = dHZ.narrow(0, 0, n).view({rows, NH});
+    gemm(dw_ih, dx2.t(), x2.narrow(0, r0, rows), beta);
+    gemm(dw_hh, dh2.t(), hp2.narrow(0, r0, rows), beta);
+    if (dx.numel()) gemm(dx.narrow(0, r0, rows), dx2, w_ih, 0.0f);
+    accumulate_sum(db_ih, dx2);
+    if (db_hh.defined()) accumulate_sum(db_hh, dh2);
+    first = false;
+  }
+
+  void accumulate_sum(Tensor& out, const Tensor& rows) {
+    if (first) at::sum_out(out, rows, {0});
+    else out.add_(rows.sum({0}));
+  }
+
+  std::vector<Tensor> take(const Tensor& x) {
+    if (dx.numel()) dx = dx.view(x.sizes());
+    return {dx, dw_ih, db_ih};
+  }
+};
+
+// ---------------------------------------------------------------- the cells' row loops
+// One step's rows [b0, b1) of a cell, on raw pointers: the only code compiled once per float cell (so
+// that each inner loop is branch-free and vectorises) and once for all cells in float64. The loops
+// over time, with the GEMMs and tensors, are compiled once per dtype.
+template <typename T> struct LstmFwdRows {
+  Cell cell;
+  int64_t H, NH;
+  const T* bf;            // forget bias [H]
+  T *cp, *s, *g, *c, *y;  // c_prev [B, H]; pre-activations in, activated gates out [B, NH]; g, c, h [B, H]
+};
+
+template <typename T, int AUX, int CUMAX> void lstm_fwd_rows(const LstmFwdRows<T>& a, int64_t b0, int64_t b1) {
+  const int aux = aux_code<AUX>(a.cell);
+  const bool cumax = cumax_code<CUMAX>(a.cell);
+  const int64_t H = a.H, NH = a.NH, nb = NH / H, ou = (nb - 2) * H, oo = (nb - 1) * H;
+  const int64_t po = aux == 3 ? H : 0, ao = aux == 3 ? 0 : H;  // torch.nn.LSTM's blocks: i, f, g, o
+  const T* bf = a.bf;
+  for (int64_t b = b0; b < b1; ++b) {
+    T *sr = a.s + b * NH, *gr = a.g + b * H, *cr = a.c + b * H, *yr = a.y + b * H;
+    const T* cpr = a.cp + b * H;
+    if (cumax) {
+      for (int64_t j = 0; j < H; ++j) sr[j] += bf[j];
+      cumax_row(sr, sr, H);
+    }
+#pragma GCC ivdep
+    for (int64_t j = 0; j < H; ++j) {
+      T p = cumax ? sr[j] : sigm(sr[po + j] + bf[j]);
+      T ag = aux ? sigm(aux == 2 ? sr[ao + j] - bf[j] : sr[ao + j]) : T(0);
+      T u = tanh_(sr[ou + j]);
+      T o = sigm(sr[oo + j]);
+      T gg = effective(p, ag, aux);
+      T cc = aux == 3 ? gg * cpr[j] + ag * u : u + gg * (cpr[j] - u);
+      sr[po + j] = p;
+      if (aux) sr[ao + j] = ag;
+      sr[ou + j] = u;
+      sr[oo + j] = o;
+      gr[j] = gg;
+      cr[j] = cc;
+      yr[j] = o * tanh_(cc);
+    }
+  }
+}
+
+template <typename T> struct LstmBwdRows {
+  Cell cell;
+  int64_t H, NH;
+  const T *s, *g, *c, *cp, *dy;  // saved gates [B, NH]; g, c, c_prev, dL/dh_t from above [B, H]
+  T *dz, *dh, *dc;               // pre-activation gradients out [B, NH]; dh, dc in and out [B, H]
+};
+
+template <typename T, int AUX, int CUMAX> void lstm_bwd_rows(const LstmBwdRows<T>& a, int64_t b0, int64_t b1) {
+  const int aux = aux_code<AUX>(a.cell);
+  const bool cumax = cumax_code<CUMAX>(a.cell);
+  const int64_t H = a.H, NH = a.NH, nb = NH / H, ou = (nb - 2) * H, oo = (nb - 1) * H;
+  const int64_t po = aux == 3 ? H : 0, ao = aux == 3 ? 0 : H;
+  for (int64_t b = b0; b < b1; ++b) {
+    const T *sr = a.s + b * NH, *gr = a.g + b * H, *cr = a.c + b * H, *cpr = a.cp + b * H, *dyr = a.dy + b * H;
+    T *dzr = a.dz + b * NH, *dhr = a.dh + b * H, *dcr = a.dc + b * H;
+#pragma GCC ivdep
+    for (int64_t j = 0; j < H; ++j) {
+      T p = sr[po + j], ag = aux ? sr[ao + j] : T(0), u = sr[ou + j], o = sr[oo + j], gg = gr[j];
+      T dhv = dhr[j] + dyr[j];
+      T tc = tanh_(cr[j]);
+      T dcv = dcr[j] + dhv * o * (T(1) - tc * tc);
+      dzr[oo + j] = dhv * tc * (o - o * o);
+      dzr[ou + j] = dcv * (aux == 3 ? ag : T(1) - gg) * (T(1) - u * u);
+      T dp, dza;
+      if (aux == 3) { dp = dcv * cpr[j]; dza = dcv * u * (ag - ag * ag); }
+      else gate_grad(dcv * (cpr[j] - u), p, ag, aux, dp, dza);
+      dzr[po + j] = cumax ? dp : dp * (p - p * p);
+      if (aux) dzr[ao + j] = dza;
+      dcr[j] = dcv * gg;
+    }
+    if (cumax) cumax_row_backward(sr, dzr, H);
+  }
+}
+
+template <typename T> struct GruFwdRows {
+  Cell cell;
+  int64_t H, NH;
+  const T *bf, *hz, *hp;  // forget bias [H]; W_hh h + b_hh [B, NH]; previous hidden state [B, H]
+  T *s, *g, *hn, *y;      // input pre-activations in, activated gates out [B, NH]; g, (W_hh h)_n, h [B, H]
+};
+
+template <typename T, int AUX, int CUMAX> void gru_fwd_rows(const GruFwdRows<T>& a, int64_t b0, int64_t b1) {
+  const int aux = aux_code<AUX>(a.cell);
+  const bool cumax = cumax_code<CUMAX>(a.cell);
+  const int64_t H = a.H, NH = a.NH;
+  const T* bf = a.bf;
+  for (int64_t b = b0; b < b1; ++b) {
+    const T *hr = a.hz + b * NH, *hpr = a.hp + b * H;
+    T *sr = a.s + b * NH, *gr = a.g + b * H, *hnr = a.hn + b * H, *yr = a.y + b * H;
+    if (cumax) {
+      for (int64_t j = 0; j < H; ++j) sr[H + j] += hr[H + j] + bf[j];
+      cumax_row(sr + H, sr + H, H);
+    }
+    // Each element's pre-activations are read before its activated gates overwrite them.
+#pragma GCC ivdep
+    for (int64_t j = 0; j < H; ++j) {
+      T r = sigm(sr[j] + hr[j]);
+      T p = cumax ? sr[H + j] : sigm(sr[H + j] + hr[H + j] + bf[j]);
+      T n = tanh_(sr[2 * H + j] + r * hr[2 * H + j]);
+      T ag = aux ? sigm(sr[3 * H + j] + hr[3 * H + j] - (aux == 2 ? bf[j] : T(0))) : T(0);
+      T gg = effective(p, ag, aux);
+      sr[j] = r;
+      sr[H + j] = p;
+      sr[2 * H + j] = n;
+      if (aux) sr[3 * H + j] = ag;
+      hnr[j] = hr[2 * H + j];
+      gr[j] = gg;
+      yr[j] = n + gg * (hpr[j] - n);
+    }
+  }
+}
+
+template <typename T> struct GruBwdRows {
+  Cell cell;
+  int64_t H, NH;
+  const T *s, *g, *hn, *hp, *dy;  // saved gates [B, NH]; g, (W_hh h)_n, h_prev, dL/dh_t from above [B, H]
+  T *dx, *dhz, *dh, *dn;          // input and hidden pre-activation gradients [B, NH]; dh in, dn out [B, H]
+};
+
+template <typename T, int AUX, int CUMAX> void gru_bwd_rows(const GruBwdRows<T>& a, int64_t b0, int64_t b1) {
+  const int aux = aux_code<AUX>(a.cell);
+  const bool cumax = cumax_code<CUMAX>(a.cell);
+  const int64_t H = a.H, NH = a.NH;
+  for (int64_t b = b0; b < b1; ++b) {
+    const T *sr = a.s + b * NH, *gr = a.g + b * H, *hnr = a.hn + b * H, *hpr = a.hp + b * H, *dyr = a.dy + b * H;
+    T *dxr = a.dx + b * NH, *dhzr = a.dhz + b * NH, *dhr = a.dh + b * H, *dnr = a.dn + b * H;
+#pragma GCC ivdep
+    for (int64_t j = 0; j < H; ++j) {
+      T r = sr[j], p = sr[H + j], n = sr[2 * H + j], ag = aux ? sr[3 * H + j] : T(0), gg = gr[j];
+      T dhv = dhr[j] + dyr[j];
+      T dnpre = dhv * (T(1) - gg) * (T(1) - n * n);
+      T drpre = dnpre * hnr[j] * (r - r * r);
+      T dp, dza;
+      gate_grad(dhv * (hpr[j] - n), p, ag, aux, dp, dza);
+      dxr[j] = drpre;
+      dxr[H + j] = cumax ? dp : dp * (p - p * p);
+      dxr[2 * H + j] = dnpre;
+      if (aux) dxr[3 * H + j] = dza;
+      dnr[j] = dhv * gg;
+    }
+    if (cumax) cumax_row_backward(sr + H, dxr + H, H);
+    std::memcpy(dhzr, dxr, sizeof(T) * NH);
+    for (int64_t j = 0; j < H; ++j) dhzr[2 * H + j] = dxr[2 * H + j] * sr[j];
+  }
+}
+
+// The row function of a cell: float, one per cell (codes as template arguments); double, one for all.
+#define ROWS_FN(T, FN, cell, MAX_AUX)                                    \
+  [&]() {                                                                \
+    if constexpr (std::is_same_v<T, double>) {                           \
+      return &FN<double, -1, -1>;                                        \
+    } else {                                                             \
+      switch (cell.aux * 2 + (cell.cumax ? 1 : 0)) {                     \
+        case 0: return &FN<T, 0, 0>;                                     \
+        case 1: return &FN<T, 0, 1>;                                     \
+        case 2: return &FN<T, 1, 0>;                                     \
+        case 3: return &FN<T, 1, 1>;                                     \
+        case 4: return &FN<T, 2, 0>;                                     \
+        case 5: return &FN<T, 2, 1>;                                     \
+        default: return &FN<T, MAX_AUX, 0>;                              \
+      }                                                                  \
+    }                                                                    \
+  }()
+
+// ---------------------------------------------------------------- LSTM grid
+// S [T, B, NH]: the input projection on entry, the activated gates on return.
+template <typename T>
+std::vector<Tensor> lstm_fwd_loop(const Tensor& S, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
+                                  const Tensor& b_f, const Tensor& keep_t, Cell cell, bool save) {
+  const auto rows = ROWS_FN(T, lstm_fwd_rows, cell, 3);
+  const int64_t Tn = S.size(0), B = S.size(1), NH = S.size(2), H = h0.size(1);
+  const int64_t Ts = save ? Tn : 1;  // without a backward to come, one step of scratch is reused
+  auto opt = S.options();
+  Tensor ys = at::empty({Tn, B, H}, opt), G = at::empty({Tn, B, H}, opt);
+  Tensor C = at::empty({Ts, B, H}, opt), Hp = at::empty({Ts, B, H}, opt), Cp = at::empty({Ts, B, H}, opt);
+  Tensor w_t = w_hh.t();  // [H, NH] view: both GEMM libraries take the transposed layout as is
+  const T *hlast = h0.data_ptr<T>(), *clast = c0.data_ptr<T>();
+  const T* keep = keep_ptr<T>(keep_t);
+  for (int64_t t = 0; t < Tn; ++t) {
+    const int64_t ts = save ? t : 0;
+    LstmFwdRows<T> a{cell, H, NH, b_f.data_ptr<T>(), step<T>(Cp, ts), step<T>(S, t), step<T>(G, t), step<T>(C, ts),
+                     step<T>(ys, t)};
+    const T* kt = keep ? keep + t * B : nullptr;
+    T* hp = step<T>(Hp, ts);
+    masked_copy(hlast, kt, hp, B, H);
+    masked_copy(clast, kt, a.cp, B, H);
+    gemm(S.select(0, t), Hp.select(0, ts), w_t, 1.0f);  // pre-activations, activated in place below
+    at::parallel_for(0, B, grain(NH), [&](int64_t b0, int64_t b1) { rows(a, b0, b1); });
+    hlast = a.y;
+    clast = a.c;
+  }
+  Tensor hT = ys.select(0, Tn - 1).clone(), cT = C.select(0, Ts - 1).clone();
+  if (!save) return {ys, hT, cT, G};
+  return {ys, hT, cT, G, S, C, Hp, Cp};
+}
+
+// Returns {dx, dw_ih, dbias, dh0, dc0, dw_hh}.
+template <typename T>
+std::vector<Tensor> lstm_bwd_loop(const Tensor& dy, const Tensor& dhT, const Tensor& dcT, const Tensor& S,
+                                  const Tensor& G, const Tensor& C, const Tensor& Hp, const Tensor& Cp,
+                                  const Tensor& w_hh, const Tensor& x, const Tensor& w_ih, const Tensor& keep_t,
+                                  Cell cell, bool need_dx) {
+  const auto rows = ROWS_FN(T, lstm_bwd_rows, cell, 3);
+  const int64_t Tn = S.size(0), B = S.size(1), NH = S.size(2), H = G.size(2), K = chunk_steps(Tn, B);
+  WeightGrads grads(x, w_ih, Hp, need_dx, false);
+  Tensor dZ = at::empty({K, B, NH}, S.options()), dh = dhT.clone(), dc = dcT.clone();
+  const T* keep = keep_ptr<T>(keep_t);
+  for (int64_t t = Tn - 1; t >= 0; --t) {
+    const int64_t slot = t % K;
+    LstmBwdRows<T> a{cell, H, NH, step<T>(S, t), step<T>(G, t), step<T>(C, t), step<T>(Cp, t), step<T>(dy, t),
+                     step<T>(dZ, slot), dh.data_ptr<T>(), dc.data_ptr<T>()};
+    at::parallel_for(0, B, grain(NH), [&](int64_t b0, int64_t b1) { rows(a, b0, b1); });
+    gemm(dh, dZ.select(0, slot), w_hh, 0.0f);
+    const T* kt = keep ? keep + t * B : nullptr;
+    scale_rows(a.dh, kt, B, H);
+    scale_rows(a.dc, kt, B, H);
+    if (slot == 0) grads.add(dZ, dZ, t, std::min(K, Tn - t));
+  }
+  auto r = grads.take(x);
+  return {r[0], r[1], r[2], dh, dc, grads.dw_hh};
+}
+
+// ---------------------------------------------------------------- GRU grid
+// S [T, B, NH]: the input projection on entry, the activated gates on return.
+template <typename T>
+std::vector<Tensor> gru_fwd_loop(const Tensor& S, const Tensor& h0, const Tensor& w_hh, const Tensor& b_hh,
+                                 const Tensor& b_f, const Tensor& keep_t, Cell cell, bool save) {
+  const auto rows = ROWS_FN(T, gru_fwd_rows, cell, 2);
+  const int64_t Tn = S.size(0), B = S.size(1), NH = S.size(2), H = h0.size(1);
+  const int64_t Ts = save ? Tn : 1;  // without a backward to come, one step of scratch is reused
+  auto opt = S.options();
+  Tensor ys = at::empty({Tn, B, H}, opt), G = at::empty({Tn, B, H}, opt);
+  Tensor HN = at::empty({Ts, B, H}, opt), Hp = at::empty({Ts, B, H}, opt), hz = at::empty({B, NH}, opt);
+  Tensor w_t = w_hh.t();  // [H, NH] view
+  const T *hlast = h0.data_ptr<T>(), *bh = b_hh.data_ptr<T>();
+  const T* keep = keep_ptr<T>(keep_t);
+  for (int64_t t = 0; t < Tn; ++t) {
+    const int64_t ts = save ? t : 0;
+    T *hp = step<T>(Hp, ts), *hzp = hz.data_ptr<T>();
+    masked_copy(hlast, keep ? keep + t * B : nullptr, hp, B, H);
+    for (int64_t b = 0; b < B; ++b) std::memcpy(hzp + b * NH, bh, sizeof(T) * NH);
+    gemm(hz, Hp.select(0, ts), w_t, 1.0f);
+    GruFwdRows<T> a{cell, H, NH, b_f.data_ptr<T>(), hzp, hp, step<T>(S, t), step<T>(G, t), step<T>(HN, ts),
+                    step<T>(ys, t)};
+    at::parallel_for(0, B, grain(NH), [&](int64_t b0, int64_t b1) { rows(a, b0, b1); });
+    hlast = a.y;
+  }
+  Tensor hT = ys.select(0, Tn - 1).clone();
+  if (!save) return {ys, hT, G};
+  return {ys, hT, G, S, HN, Hp};
+}
+
+// Returns {dx, dw_ih, db_ih, dh0, dw_hh, db_hh}.
+template <typename T>
+std::vector<Tensor> gru_bwd_loop(const Tensor& dy, const Tensor& dhT, const Tensor& S, const Tensor& HN,
+                                 const Tensor& G, const Tensor& Hp, const Tensor& w_hh, const Tensor& x,
+                                 const Tensor& w_ih, const Tensor& keep_t, Cell cell, bool need_dx) {
+  const auto rows = ROWS_FN(T, gru_bwd_rows, cell, 2);
+  const int64_t Tn = S.size(0), B = S.size(1), NH = S.size(2), H = G.size(2), K = chunk_steps(Tn, B);
+  WeightGrads grads(x, w_ih, Hp, need_dx, true);
+  Tensor dX = at::empty({K, B, NH}, S.options()), dHZ = at::empty({K, B, NH}, S.options());
+  Tensor dh = dhT.clone(), dnext = at::empty({B, H}, S.options());
+  const T* keep = keep_ptr<T>(keep_t);
+  for (int64_t t = Tn - 1; t >= 0; --t) {
+    const int64_t slot = t % K;
+    GruBwdRows<T> a{cell, H, NH, step<T>(S, t), step<T>(G, t), step<T>(HN, t), step<T>(Hp, t), step<T>(dy, t),
+                    step<T>(dX, slot), step<T>(dHZ, slot), dh.data_ptr<T>(), dnext.data_ptr<T>()};
+    at::parallel_for(0, B, grain(NH), [&](int64_t b0, int64_t b1) { rows(a, b0, b1); });
+    std::memcpy(a.dh, a.dn, sizeof(T) * B * H);
+    gemm(dh, dHZ.select(0, slot), w_hh, 1.0f);
+    scale_rows(a.dh, keep ? keep + t * B : nullptr, B, H);
+    if (slot == 0) grads.add(dX, dHZ, t, std::min(K, Tn - t));
+  }
+  auto r = grads.take(x);
+  return {r[0], r[1], r[2], dh, grads.dw_hh, grads.db_hh};
 }
 
 // ---------------------------------------------------------------- dispatch
-template <typename T> const T* keep_ptr(const c10::optional<Tensor>& keep) {
-  return keep.has_value() && keep->defined() ? keep->data_ptr<T>() : nullptr;
+Cell cell_of(int64_t primary, int64_t aux, int64_t max_aux) {
+  TORCH_CHECK(primary == 0 || primary == 1, "primary gate code must be 0 or 1");
+  TORCH_CHECK(aux >= 0 && aux <= max_aux, "auxiliary gate code must be in [0, ", max_aux, "]");
+  TORCH_CHECK(!(primary == 1 && aux == 3), "cumax has no untied-input-gate cell");
+  return {static_cast<int>(aux), primary == 1};
 }
 
-// The gate codes are template arguments, so that each cell's inner loop has no branch and vectorises.
-#define DISPATCH_CELL(primary, aux, FN, ...)                                  \
-  switch (aux * 2 + (primary == 1)) {                                         \
-    case 0: return FN<scalar_t, 0, false>(__VA_ARGS__);                       \
-    case 1: return FN<scalar_t, 0, true>(__VA_ARGS__);                        \
-    case 2: return FN<scalar_t, 1, false>(__VA_ARGS__);                       \
-    case 3: return FN<scalar_t, 1, true>(__VA_ARGS__);                        \
-    case 4: return FN<scalar_t, 2, false>(__VA_ARGS__);                       \
-    case 5: return FN<scalar_t, 2, true>(__VA_ARGS__);                        \
-    default: return FN<scalar_t, 3, false>(__VA_ARGS__);                      \
-  }
+Tensor keep_of(const c10::optional<Tensor>& keep) {
+  return keep.has_value() && keep->defined() ? keep->contiguous() : Tensor();
+}
+
+// The loops over time: one instantiation per dtype.
+#define DISPATCH_DTYPE(dtype, FN, ...)                                                      \
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, #FN ": float32 or float64 expected"); \
+  if (dtype == at::kDouble) return FN<double>(__VA_ARGS__);                                \
+  return FN<float>(__VA_ARGS__);
 
 std::vector<Tensor> lstm_fwd(const Tensor& input, const Tensor& w_ih, const Tensor& bias, const Tensor& h0,
                              const Tensor& c0, const Tensor& w_hh, const Tensor& b_f,
                              const c10::optional<Tensor>& keep, int64_t primary, int64_t aux, bool save) {
-  Tensor x = input_projection(input, w_ih, bias), h = h0.contiguous(), c = c0.contiguous(), w = w_hh.contiguous();
-  c10::optional<Tensor> k = keep.has_value() ? c10::optional<Tensor>(keep->contiguous()) : keep;
-  return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_fwd", [&]() -> std::vector<Tensor> {
-    DISPATCH_CELL(primary, aux, lstm_fwd_impl, x, h, c, w, b_f.contiguous(), keep_ptr<scalar_t>(k), save)
-  });
+  const Cell cell = cell_of(primary, aux, 3);
+  Tensor S = input_projection(input, w_ih, bias);
+  DISPATCH_DTYPE(S.scalar_type(), lstm_fwd_loop, S, h0.contiguous(), c0.contiguous(), w_hh.contiguous(),
+                b_f.contiguous(), keep_of(keep), cell, save)
 }
 
-// Returns {dx, dw_ih, dbias, dh0, dc0, dw_hh}.
 std::vector<Tensor> lstm_bwd(const Tensor& dy, const Tensor& dhT, const Tensor& dcT, const Tensor& S,
                              const Tensor& G, const Tensor& C, const Tensor& Hp, const Tensor& Cp,
                              const Tensor& input, const Tensor& w_ih, const Tensor& w_hh,
                              const c10::optional<Tensor>& keep, int64_t primary, int64_t aux, bool need_dx) {
-  Tensor dyc = dy.contiguous(), w = w_hh.contiguous();
-  c10::optional<Tensor> k = keep.has_value() ? c10::optional<Tensor>(keep->contiguous()) : keep;
-  auto r = AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "lstm_bwd", [&]() -> std::vector<Tensor> {
-    DISPATCH_CELL(primary, aux, lstm_bwd_impl, dyc, dhT.contiguous(), dcT.contiguous(), S, G, C, Hp, Cp, w,
-                 keep_ptr<scalar_t>(k))
-  });
-  auto p = projection_backward(r[0], input, w_ih, need_dx);
-  return {p[0], p[1], p[2], r[1], r[2], r[3]};
+  const Cell cell = cell_of(primary, aux, 3);
+  DISPATCH_DTYPE(S.scalar_type(), lstm_bwd_loop, dy.contiguous(), dhT.contiguous(), dcT.contiguous(), S, G,
+                C, Hp, Cp, w_hh.contiguous(), input, w_ih, keep_of(keep), cell, need_dx)
 }
 
 std::vector<Tensor> gru_fwd(const Tensor& input, const Tensor& w_ih, const Tensor& b_ih, const Tensor& h0,
                             const Tensor& w_hh, const Tensor& b_hh, const Tensor& b_f,
                             const c10::optional<Tensor>& keep, int64_t primary, int64_t aux, bool save) {
-  TORCH_CHECK(aux >= 0 && aux <= 2, "gru_fwd: aux must be 0, 1 or 2");
-  Tensor x = input_projection(input, w_ih, b_ih), h = h0.contiguous(), w = w_hh.contiguous(), bh = b_hh.contiguous();
-  c10::optional<Tensor> k = keep.has_value() ? c10::optional<Tensor>(keep->contiguous()) : keep;
-  return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gru_fwd", [&]() -> std::vector<Tensor> {
-    DISPATCH_CELL(primary, aux, gru_fwd_impl, x, h, w, bh, b_f.contiguous(), keep_ptr<scalar_t>(k), save)
-  });
+  const Cell cell = cell_of(primary, aux, 2);
+  Tensor S = input_projection(input, w_ih, b_ih);
+  DISPATCH_DTYPE(S.scalar_type(), gru_fwd_loop, S, h0.contiguous(), w_hh.contiguous(), b_hh.contiguous(),
+                b_f.contiguous(), keep_of(keep), cell, save)
 }
 
-// Returns {dx, dw_ih, db_ih, dh0, dw_hh, db_hh}.
 std::vector<Tensor> gru_bwd(const Tensor& dy, const Tensor& dhT, const Tensor& S, const Tensor& HN,
                             const Tensor& G, const Tensor& Hp, const Tensor& input, const Tensor& w_ih,
                             const Tensor& w_hh, const c10::optional<Tensor>& keep, int64_t primary, int64_t aux,
                             bool need_dx) {
-  TORCH_CHECK(aux >= 0 && aux <= 2, "gru_bwd: aux must be 0, 1 or 2");
-  Tensor dyc = dy.contiguous(), w = w_hh.contiguous();
-  c10::optional<Tensor> k = keep.has_value() ? c10::optional<Tensor>(keep->contiguous()) : keep;
-  auto r = AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "gru_bwd", [&]() -> std::vector<Tensor> {
-    DISPATCH_CELL(primary, aux, gru_bwd_impl, dyc, dhT.contiguous(), S, HN, G, Hp, w, keep_ptr<scalar_t>(k))
-  });
-  auto p = projection_backward(r[0], input, w_ih, need_dx);
-  return {p[0], p[1], p[2], r[1], r[2], r[3]};
+  const Cell cell = cell_of(primary, aux, 2);
+  DISPATCH_DTYPE(S.scalar_type(), gru_bwd_loop, dy.contiguous(), dhT.contiguous(), S, HN, G, Hp,
+                w_hh.contiguous(), input, w_ih, keep_of(keep), cell, need_dx)
 }
 
 }  // namespace

@@ -2,15 +2,18 @@
 
 The float32 loops are the vectorised code that ``-march=native`` shapes for this CPU; the float64
 loops are plain scalar code. ``check_all()`` runs both on small inputs with resets, forward and
-backward, and raises if they disagree. It runs once per build, in the child process that compiled
-the library (kernels.py), so a library that cannot run here never reaches a training process.
+backward, and raises if they disagree. ``build_and_check`` runs in the child process that
+library.py starts for the first build, so a library that cannot run here never reaches a training
+process.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
-from . import kernels
+from . import kernels, library
 
 LSTM_CELLS = [(p, a) for p in "-O" for a in "-MRI" if not (p == "O" and a == "I")]
 GRU_CELLS = [(p, a) for p in "-O" for a in "-MR"]
@@ -55,3 +58,10 @@ def check_all(T: int = 6, B: int = 5, D: int = 7, H: int = 19) -> None:
                 err = (v - w).abs().max().item()
                 raise AssertionError(f"compiled scan self-check failed: {family}:{primary}{aux} output {k} "
                                      f"differs from float64 by {err:.3g}")
+
+
+def build_and_check(folder: Path) -> None:
+    """In the build's child process: build the library into ``folder``, check every op, mark it passed."""
+    library.compile_into(folder)
+    check_all()
+    library.mark_passed(folder)

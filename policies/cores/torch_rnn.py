@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import gated_gru, gated_lstm, kernels
+from . import gated_gru, gated_lstm, kernels, library
 from .base import CoreMixin, State, between_layers, check_size
 
 
@@ -97,7 +97,7 @@ class LSTM(_TorchRNN, nn.LSTM):
         # wins for short sequences (acting: T = 1) and where resets cut a sequence into more than
         # T / 12 segments (one oneDNN call each). The grid's LSTM loop with an untied input gate
         # ("I") is torch.nn.LSTM's cell, on torch's weights as they are (blocks i, f, g, o).
-        if self.impl == "reference" or not kernels.runs(x):
+        if self.impl == "reference" or not library.runs(x):
             return super()._scan(x, state, keep)
         starts = segment_starts(keep, x.shape[0])
         if len(starts) * 12 <= x.shape[0]:
