@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                 rec = records[-1]
                 note = rec.get("error") or f"{rec['report']['env_steps']} steps in {rec['wall_s']:.1f} s"
                 print(f"round {r} {task} {peer}: {note}", file=sys.stderr, flush=True)
-    from policies.cores.kernels import cpu_info
+    from policies.cores.cpu import cpu_info
 
     about: dict[str, dict] = {}
     for r in (r for r in records if "report" in r):

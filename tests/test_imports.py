@@ -97,11 +97,6 @@ def import_graph(deferred: bool = False) -> dict[str, set[str]]:
     return {name: imported(name, file, known, deferred) for name, file in mods.items()}
 
 
-# Known circle, through imports inside functions, until policies/cores/kernels.py is split into
-# building/loading the library, the ops and CPU identification: remove it from here then.
-KNOWN_DEFERRED_CIRCLES = {("policies.cores.kernels", "policies.cores.selfcheck")}
-
-
 def test_the_project_has_no_import_circle():
     graph = import_graph()
     assert len(graph) > 30 and "agents.ppo" in graph  # the walk found the package
@@ -112,8 +107,6 @@ def test_the_project_has_no_import_circle():
 def test_no_import_circle_even_through_imports_inside_functions():
     graph = import_graph(deferred=True)
     assert "envs" in graph["agents.actor"]  # imported inside make_actor_envs: counted
-    for a, b in KNOWN_DEFERRED_CIRCLES:
-        graph[b].discard(a)
     cycle = find_cycle(graph)
     assert cycle is None, "import circle (imports in functions counted): " + " -> ".join(cycle)
 
