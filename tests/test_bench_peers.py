@@ -62,7 +62,7 @@ def test_every_learner_gets_the_shared_settings(tmp_path):
     assert flags["--seed"] == "3" and flags["--torch-threads"] == "1" and env["OMP_NUM_THREADS"] == "1"
     import train
 
-    cfg, _ = train.parse_train(cmd[2:])  # train.py accepts the command as written
+    cfg = train.parse_train(cmd[2:]).cfg  # train.py accepts the command as written
     assert (cfg.total_steps, cfg.core, cfg.eval_episodes) == (4096, "lstm", 0)
     for peer in ("sb3-contrib", "pufferlib", "sample-factory"):
         cmd, env = peers.job_command(peer, "popgym-RepeatPreviousMedium-v0", args, 0, "w", "o.json")

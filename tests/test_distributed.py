@@ -77,6 +77,7 @@ def _rank(rank: int, world: int, init_file: str, state: dict, ro, out: str, more
         venv.close()
         policy.load_state_dict(state)
         torch.save(_grads_after_update(policy, _half(ro, rank, world), cfg), f"{out}.{rank}")
+        torch.distributed.barrier()  # neither rank tears the group down while the other still uses it
     finally:
         torch.distributed.destroy_process_group()
 
