@@ -101,10 +101,11 @@ def make_actor_envs(cfg: TrainConfig, num_envs: int, seed: int):
 
 
 def make_actor_policy(cfg: TrainConfig, venv) -> ActorCritic:
+    """The config's actor-critic for the env's spaces, on the CPU."""
     return ActorCritic(venv.single_observation_space, venv.single_action_space, core=cfg.core,
                        hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
                        embed_size=cfg.embed_size, prev_action_reward=cfg.prev_action_reward,
-                       head_gain=cfg.policy_head_gain)
+                       head_gain=cfg.policy_head_gain, learn_initial_state=cfg.learn_initial_state)
 
 
 def actor_seed(cfg: TrainConfig, seed_offset: int, index: int, generation: int) -> int:

@@ -40,13 +40,10 @@ def make_env(cfg: TrainConfig, num_envs: int | None = None, seed: int | None = N
 
 def make_policy(cfg: TrainConfig, venv, device):
     """The config's actor-critic for the env's spaces, on ``device``; bad core options: UsageError."""
-    from policies.actor_critic import ActorCritic
+    from agents.actor import make_actor_policy
 
     try:
-        policy = ActorCritic(venv.single_observation_space, venv.single_action_space, core=cfg.core,
-                             hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
-                             embed_size=cfg.embed_size, prev_action_reward=cfg.prev_action_reward,
-                             head_gain=cfg.policy_head_gain)
+        policy = make_actor_policy(cfg, venv)
     except ValueError as err:
         raise UsageError(one_line(err)) from None
     return policy.to(device)

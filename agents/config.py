@@ -101,6 +101,9 @@ class TrainConfig:
     """Width of the observation encoder's output, the core's input."""
     prev_action_reward: bool = True
     """Feed the previous action and reward to the core next to the observation."""
+    learn_initial_state: bool = False
+    """Start every episode from a learned core state (a parameter per layer and state tensor,
+    zeros at first) instead of zeros; it is checkpointed and exported with the weights."""
     policy_head_gain: float = 0.01
     """Orthogonal-init gain of the policy head's weights. 0.01 (CleanRL's) starts from a
     near-uniform policy; with it, PPO and IMPALA stay at chance on MiniGrid-MemoryS7, where 1.0

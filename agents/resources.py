@@ -31,7 +31,8 @@ def model_size(cfg: TrainConfig, obs_space: spaces.Space, act_space: spaces.Spac
     """(parameters, recurrent-state floats per env) of the config's actor-critic, counted without
     building it: the encoder and the head are built on the meta device (no memory, sizes that do
     not grow with the flags), the trunk, the core and the value head are counted from their shapes,
-    the core as four gate blocks per layer with the UR cores' extra bias (a GRU has three)."""
+    the core as four gate blocks per layer with the UR cores' extra bias (a GRU has three), plus
+    one state's floats for a learned initial state."""
     with torch.device("meta"):
         encoder, head = make_encoder(obs_space), ActionHead(act_space, 1)
     E, H, L = cfg.embed_size, cfg.hidden_size, cfg.num_layers
@@ -41,8 +42,10 @@ def model_size(cfg: TrainConfig, obs_space: spaces.Space, act_space: spaces.Spac
     # per layer: four gate blocks of input and recurrent weights, two biases, a forget-gate bias
     core = sum(4 * H * ((E * window if layer == 0 else H) + H + 2) + H for layer in range(L))
     heads = (H + 1) * (head.linear.out_features + 1)
-    params = sum(p.numel() for p in encoder.parameters()) + (in_size + 1) * E + core + heads
-    return params, max(2 * L * H, (window - 1) * E)
+    state_floats = max(2 * L * H, (window - 1) * E)
+    params = (sum(p.numel() for p in encoder.parameters()) + (in_size + 1) * E + core + heads
+              + (state_floats if cfg.learn_initial_state else 0))
+    return params, state_floats
 
 
 def training_bytes(cfg: TrainConfig, obs_space: spaces.Space, act_space: spaces.Space

@@ -347,18 +347,22 @@ class ActorCritic(nn.Module):
         head_gain: orthogonal-init gain of the policy head's weights (0.01: a near-uniform first
             policy, as in CleanRL; 1.0 lets the first updates tell observations apart, which
             MiniGrid-MemoryS7 needs).
+        learn_initial_state: every episode starts from a learned core state (one parameter per
+            state tensor and layer) instead of zeros.
     """
 
     def __init__(self, observation_space: spaces.Space, action_space: spaces.Space,
                  core: str = "urlstm", hidden_size: int = 128, num_layers: int = 1,
                  embed_size: int = 128, prev_action_reward: bool = True,
-                 core_options: dict[str, Any] | None = None, head_gain: float = 0.01):
+                 core_options: dict[str, Any] | None = None, head_gain: float = 0.01,
+                 learn_initial_state: bool = False):
         super().__init__()
         self.observation_space, self.action_space = observation_space, action_space
         # every constructor argument but the spaces, as plain data (see ``describe``)
         self.arguments = {"core": core, "hidden_size": hidden_size, "num_layers": num_layers,
                           "embed_size": embed_size, "prev_action_reward": prev_action_reward,
-                          "core_options": dict(core_options or {}), "head_gain": head_gain}
+                          "core_options": dict(core_options or {}), "head_gain": head_gain,
+                          "learn_initial_state": learn_initial_state}
         self.head = ActionHead(action_space, hidden_size, head_gain)
         # observations with an action mask: it masks the logits and is not an input
         self.masked = has_mask(observation_space)
@@ -371,7 +375,8 @@ class ActorCritic(nn.Module):
         self.trunk = nn.Sequential(nn.Linear(in_size, embed_size), nn.ReLU())
         nn.init.orthogonal_(self.trunk[0].weight, math.sqrt(2))
         nn.init.zeros_(self.trunk[0].bias)
-        self.core = make_core(core, embed_size, hidden_size, num_layers, **(core_options or {}))
+        self.core = make_core(core, embed_size, hidden_size, num_layers, **(core_options or {}),
+                              learn_initial_state=learn_initial_state)
         self.value_head = nn.Linear(hidden_size, 1)
         nn.init.orthogonal_(self.value_head.weight, 1.0)
         nn.init.zeros_(self.value_head.bias)
@@ -401,7 +406,8 @@ class ActorCritic(nn.Module):
 
     # -- helpers ------------------------------------------------------------------------------
     def initial_state(self, batch_size: int, device: torch.device | str) -> State:
-        """The core's zero state for ``batch_size`` envs (a tuple of [L, B, H]; () for "mlp")."""
+        """The core's initial state for ``batch_size`` envs: zeros or the learned one (a tuple of
+        [L, B, H]; () for "mlp")."""
         return tuple(self.core.initial_state(batch_size, device))
 
     def _inputs(self, obs: Obs, reset: torch.Tensor, prev_action: torch.Tensor | None,

@@ -8,7 +8,9 @@ The graph (ONNX or TorchScript) has the inputs, in this order,
     state_0, state_1...  the core's state tensors, each [num_layers, B, hidden_size] float32
                          ([K - 1, B, embed_size] for stack:K)
                          (two for LSTM-like cores, one for GRU-like ones, none for ``mlp``)
-    episode_start        [B] bool: True clears the state and the previous action and reward
+    episode_start        [B] bool: True clears the state (to zeros, or to the learned initial
+                         state of a policy trained with --learn-initial-state) and the previous
+                         action and reward
     prev_action          [B, *action_shape] the network's previous action (int64 index from 0,
                          without a Discrete space's ``start``; float32 for Box)
     prev_reward          [B] float32 the reward that came with ``obs``
@@ -104,7 +106,7 @@ class OneStep(nn.Module):
         x = m._inputs(obs, reset, prev_action, prev_reward, (reset.shape[0],))   # [B, E]
         # the reset convention applied before the step, so the scan itself never branches on data
         keep = (~reset).to(x.dtype).reshape(1, -1, 1)                           # [1, B, 1]
-        y, new_state = m.core._scan(x.unsqueeze(0), tuple(s * keep for s in state), None)
+        y, new_state = m.core._scan(x.unsqueeze(0), m.core.apply_reset(state, keep), None)
         y = y.squeeze(0)                                                         # [B, H]
         out = masked_logits(m.head.linear(y), m.action_mask(obs, (reset.shape[0],)))
         head = (out, m.head.log_std.expand_as(out)) if self.gaussian else (out,)

@@ -425,3 +425,67 @@ def test_a_stale_build_lock_left_by_a_killed_process_does_not_hang():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=root)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[-1] == "False"  # the stale lock was removed and the build went ahead
+
+
+def _learned(core, seed=4):
+    """Give a core built with ``learn_initial_state`` a random initial state."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for s0 in core.state0:
+            s0.copy_(torch.randn(s0.shape, generator=g, dtype=s0.dtype))
+    return core
+
+
+@pytest.mark.parametrize("spec", RECURRENT)
+def test_learned_initial_state_fast_equals_reference(spec, backend):
+    ref, fast = _pair(spec, L=2, learn_initial_state=True)
+    _learned(ref)
+    fast.load_state_dict(ref.state_dict())
+    x, reset = _inputs(T=7, B=3)
+    _assert_same(ref, fast, x, reset)  # the gradients include the initial state's
+
+
+@pytest.mark.parametrize("spec", ["urlstm", "urgru", "lstm", "gru", "lstm:CR", "stack:3", "mlp"])
+def test_learned_initial_state_is_the_state_at_every_reset(spec):
+    """The definition: the state is replaced by the learned one before a step that starts an
+    episode (step by step, no reset mask), and every reset sends a gradient to it."""
+    torch.manual_seed(0)
+    core = _learned(make_core(spec, 5, 4, 2, learn_initial_state=True).double())
+    x, reset = _inputs(T=7, B=3)
+    reset[4, 1] = True  # two resets of one element inside the sequence
+    state = tuple(torch.randn_like(s) for s in core.initial_state(3, dtype=torch.float64))
+    y, final = core(x, state, reset)
+    s, ys = state, []
+    for t in range(7):
+        s = tuple(torch.where(reset[t].view(1, -1, 1), s0.expand_as(a), a) for a, s0 in zip(s, core.state0))
+        out, s = core.step(x[t], s)
+        ys.append(out)
+    torch.testing.assert_close(y, torch.stack(ys))
+    for a, b in zip(final, s):
+        torch.testing.assert_close(a, b)
+    if core.state0:
+        grads = torch.autograd.grad(y.sum(), list(core.state0))
+        assert all(bool(g.abs().sum() > 0) for g in grads)
+        # without a reset the learned state plays no part
+        y, _ = core(x, state, torch.zeros_like(reset))
+        assert all(g is None for g in torch.autograd.grad(y.sum(), list(core.state0), allow_unused=True))
+
+
+@pytest.mark.parametrize("spec", ["urlstm", "gru", "stack:3", "mlp"])
+def test_learned_initial_state_starts_at_zero(spec):
+    """Built with it, a core computes what it computes without it until the state moves; its
+    ``initial_state`` is the learned state, detached; it is saved in the state dict."""
+    torch.manual_seed(0)
+    plain = make_core(spec, 5, 4, 2)
+    learned = make_core(spec, 5, 4, 2, learn_initial_state=True)
+    learned.load_state_dict(plain.state_dict(), strict=False)
+    x, reset = _inputs(T=7, B=3)
+    x = x.float()
+    torch.testing.assert_close(learned(x, None, reset)[0], plain(x, None, reset)[0])
+    assert len(learned.state0) == len(plain.initial_state(1))
+    assert [k for k in learned.state_dict() if k.startswith("state0.")] == [
+        f"state0.{i}" for i in range(len(learned.state0))]
+    _learned(learned)
+    for s, s0 in zip(learned.initial_state(3), learned.state0):
+        assert not s.requires_grad and s.shape == learned.state_shape(3)
+        torch.testing.assert_close(s, s0.detach().expand_as(s))

@@ -63,12 +63,18 @@ def assert_same(outputs, expected, where: str) -> float:
     return worst
 
 
-@pytest.mark.parametrize("core", CORES)
-def test_exported_step_matches_the_policy_over_tmaze_episodes(core, tmp_path):
+@pytest.mark.parametrize("core,learned", [(c, False) for c in CORES]
+                         + [("urlstm", True), ("gru", True), ("stack:3", True)])
+def test_exported_step_matches_the_policy_over_tmaze_episodes(core, learned, tmp_path):
     torch.manual_seed(0)
     venv = envs.make("urlstm/TMazePassive-v0", num_envs=4, seed=0, length=5)
     model = ActorCritic(venv.single_observation_space, venv.single_action_space, core=core,
-                        hidden_size=16, embed_size=16, num_layers=2, head_gain=1.0).eval()
+                        hidden_size=16, embed_size=16, num_layers=2, head_gain=1.0,
+                        learn_initial_state=learned).eval()
+    if learned:  # every reset must give the learned state, not zeros
+        with torch.no_grad():
+            for s0 in model.core.state0:
+                s0.normal_()
     run = Runners(model, tmp_path)
     obs, state, start, prev_action, prev_reward = first_step(model, venv)
     starts = 0

@@ -28,6 +28,10 @@ def _setup(core: str, **overrides):
     torch.manual_seed(0)
     venv = commands.make_env(cfg)
     policy = commands.make_policy(cfg, venv, torch.device("cpu"))
+    if cfg.learn_initial_state:  # a learned state far from zeros
+        with torch.no_grad():
+            for s0 in policy.core.state0:
+                s0.normal_()
     ro = Rollout.zeros(policy, cfg.num_steps, cfg.num_envs, cfg.seq_len, torch.device("cpu"))
     carry = initial_carry(policy, venv, cfg.seed, torch.device("cpu"))
     policy.eval()
@@ -63,9 +67,12 @@ def _record_evaluate(policy, monkeypatch, also=None):
     return calls
 
 
-@pytest.mark.parametrize("core", CORES)
-def test_first_minibatch_reruns_to_the_acting_logprobs(core, monkeypatch):
-    cfg, policy, ro = _setup(core, num_minibatches=1)
+LEARNED = [("urlstm", True), ("gru", True), ("lstm", True), ("stack:3", True)]
+
+
+@pytest.mark.parametrize("core,learned", [(c, False) for c in CORES] + LEARNED)
+def test_first_minibatch_reruns_to_the_acting_logprobs(core, learned, monkeypatch):
+    cfg, policy, ro = _setup(core, num_minibatches=1, learn_initial_state=learned)
     calls = _record_evaluate(policy, monkeypatch)
     losses = _update(policy, ro, cfg)
     old = ppo._to_sequences(ro.logprobs, cfg.seq_len)
@@ -75,15 +82,16 @@ def test_first_minibatch_reruns_to_the_acting_logprobs(core, monkeypatch):
     # the check can fail: after the first gradient step the log-probs move
     assert (calls[1]["logprob"] - old).abs().max() > 1e-3
 
-    cfg, policy, ro = _setup(core, num_minibatches=3)  # the first of 3 random minibatches
+    cfg, policy, ro = _setup(core, num_minibatches=3,  # the first of 3 random minibatches
+                             learn_initial_state=learned)
     losses = _update(policy, ro, cfg)
     assert abs(float(losses["first_old_approx_kl"])) < 1e-5
     assert abs(float(losses["old_approx_kl"])) > 1e-5
 
 
-@pytest.mark.parametrize("core", CORES)
-def test_sequence_start_states_fast_path_equals_reference(core):
-    cfg, policy, ro = _setup(core)
+@pytest.mark.parametrize("core,learned", [(c, False) for c in CORES] + LEARNED)
+def test_sequence_start_states_fast_path_equals_reference(core, learned):
+    cfg, policy, ro = _setup(core, learn_initial_state=learned)
     first = tuple(s[0] for s in ro.states)
     args = (ro.obs, first, ro.reset, ro.prev_action, ro.prev_reward, cfg.seq_len)
     fast = policy.sequence_start_states(*args)

@@ -479,3 +479,18 @@ def test_action_mask_applies_when_acting_and_in_evaluate_actions():
     torch.testing.assert_close(logp_again, logp)
     assert torch.isfinite(entropy).all() and (entropy[:8].abs() < 1e-6).all()
     assert torch.isfinite(logp_pad).all() and torch.isfinite(entropy_pad).all()
+
+
+def test_a_learned_initial_state_trains_and_starts_every_episode():
+    kwargs = dict(core="urlstm", core_kwargs={"learn_initial_state": True}, **NET)
+    model = RecurrentPPO(URLSTMPolicy, CueEnv(), policy_kwargs=kwargs, **SMALL)
+    model.learn(256)
+    learned = list(model.policy.lstm_actor.state0)
+    assert any(bool(s.abs().max() > 1e-6) for s in learned), "the resets inside sequences train it"
+    obs, _ = CueEnv().reset(seed=0)
+    noise = tuple(np.random.randn(1, 1, 8).astype(np.float32) for _ in range(2))
+    start = np.array([True])
+    _, from_noise = model.predict(obs, state=noise, episode_start=start)
+    _, from_zeros = model.predict(obs, state=tuple(np.zeros_like(s) for s in noise), episode_start=start)
+    for a, b in zip(from_noise, from_zeros):
+        np.testing.assert_allclose(a, b, rtol=1e-6)

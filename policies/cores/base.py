@@ -3,6 +3,12 @@
 Reset convention (urlstm.md section 4): ``reset[t, b]`` True means observation t of element b starts
 a new episode; before step t consumes ``x[t]`` that element's state is replaced by the initial state
 (zeros), i.e. ``state = state * keep[t]`` with ``keep = ~reset``.
+
+A core may learn its initial state instead (``learn_initial_state()``): one parameter per state
+tensor, [num_layers, 1, H] (zeros at first), broadcast over the batch, so that
+``state = state * keep[t] + s0 * (1 - keep[t])``. The scans themselves only know how to zero a
+state, so a sequence with resets runs as segments cut at the steps where some element resets, the
+state being replaced in between; a gradient reaches ``s0`` from every reset inside a sequence.
 """
 
 from __future__ import annotations
@@ -64,14 +70,40 @@ class CoreMixin:
         """Shape of each state tensor: [num_layers, B, H] (batch on dim 1 for every core)."""
         return (self.num_layers, batch_size, self.hidden_size)
 
+    @property
+    def state0(self) -> nn.ParameterList | None:
+        """The learned initial state (``learn_initial_state``), one [num_layers, 1, H] parameter
+        per state tensor; None for zeros."""
+        return self._modules.get("state0")
+
+    def learn_initial_state(self) -> None:
+        """Make the state every episode starts from a parameter (zeros at first; see the module
+        docstring). A core without state (``mlp``, ``stack:1``) has nothing to learn."""
+        if self.state0 is None:
+            ref = next(self.parameters(), None)
+            shape = self.state_shape(1)
+            self.state0 = nn.ParameterList(  # nn.Module.__setattr__ registers it under _modules
+                nn.Parameter(torch.zeros(shape, device=None if ref is None else ref.device))
+                for _ in self.initial_state(1, "cpu"))
+
     def initial_state(self, batch_size: int, device: torch.device | str | None = None,
                       dtype: torch.dtype | None = None) -> State:
-        """Zeros: a tuple of ``state_size`` tensors of ``state_shape(batch_size)``."""
+        """A tuple of ``state_size`` tensors of ``state_shape(batch_size)``: zeros, or the learned
+        initial state (detached: the gradient reaches it through the resets)."""
         ref = next(self.parameters(), None)
         device = device if device is not None else (ref.device if ref is not None else None)
         dtype = dtype or (ref.dtype if ref is not None else torch.get_default_dtype())
         shape = self.state_shape(batch_size)
+        if self.state0 is not None:
+            return tuple(s.detach().to(device, dtype).expand(shape).clone() for s in self.state0)
         return tuple(torch.zeros(shape, device=device, dtype=dtype) for _ in range(self.state_size))
+
+    def apply_reset(self, state: State, keep: Tensor) -> State:
+        """The state an element holds before a step: ``keep`` [B, 1] (or [1, B, 1]) is 1.0 to keep
+        it and 0.0 at an episode start, which gives zeros or the learned initial state."""
+        if self.state0 is None:
+            return tuple(s * keep for s in state)
+        return tuple(s * keep + s0 * (1 - keep) for s, s0 in zip(state, self.state0))
 
     def forward(self, x: Tensor, state: State | Tensor | None = None, reset: Tensor | None = None):
         """Run a sequence.
@@ -134,8 +166,26 @@ class CoreMixin:
                 raise ValueError(f"reset must have shape [T, B] = [{T}, {B}], got {tuple(reset.shape)}")
             if bool(reset.any()):
                 keep = (~reset.bool()).to(x.dtype).unsqueeze(-1)  # [T, B, 1]
-        y, state = self._scan(x, state, keep)
+        if keep is not None and self.state0 is not None and len(self.state0):
+            y, state = self._scan_segments(x, state, keep)
+        else:
+            y, state = self._scan(x, state, keep)
         return y, (state[0] if bare else state)
+
+    def _scan_segments(self, x: Tensor, state: State, keep: Tensor):
+        """``_scan`` with a learned initial state: the sequence cut before every step where some
+        element resets, ``apply_reset`` between the pieces (each piece runs without resets).
+        ``gate_stats`` then describes the last piece."""
+        cuts = (keep[..., 0] == 0).any(1).nonzero().flatten().tolist() + [x.shape[0]]
+        ys, start = [], 0
+        for cut in cuts:
+            if cut > start:
+                y, state = self._scan(x[start:cut], state, None)
+                ys.append(y)
+            if cut < x.shape[0]:
+                state = self.apply_reset(state, keep[cut])
+            start = cut
+        return (ys[0] if len(ys) == 1 else torch.cat(ys)), state
 
 
 class GridCore(CoreMixin, nn.Module):

@@ -45,11 +45,13 @@ def make_core(spec: str, input_size: int, hidden_size: int, num_layers: int = 1,
         input_size, hidden_size, num_layers, batch_first: as torch.nn.LSTM.
         **options: ``dropout`` for every core (as torch.nn.LSTM's: between stacked layers, in
             training mode); ``impl`` ("fast" | "reference") for every core but ``mlp``; for grid cells
-            also ``forget_bias``, ``chrono_tmax``, ``train_forget_bias``.
+            also ``forget_bias``, ``chrono_tmax``, ``train_forget_bias``; ``learn_initial_state``
+            (bool) for every core: episodes start from a learned state instead of zeros.
     Returns:
         A module with ``initial_state``, ``forward(x, state, reset)``, ``step`` and ``gate_stats``.
     """
     spec = check_core(spec)
+    learn_initial_state = bool(options.pop("learn_initial_state", False))
     stack = spec.startswith("stack:")
     allowed = {"impl", "dropout"} if spec in ("lstm", "gru") or stack else {"dropout"} if spec == "mlp" else {
         "impl", "dropout", "forget_bias", "chrono_tmax", "train_forget_bias"}
@@ -58,12 +60,16 @@ def make_core(spec: str, input_size: int, hidden_size: int, num_layers: int = 1,
         raise ValueError(f"core {spec!r} does not take option(s) {sorted(unknown)}; it takes {sorted(allowed) or 'none'}")
     args = (input_size, hidden_size, num_layers, batch_first)
     if spec == "lstm":
-        return LSTM(*args, **options)
-    if spec == "gru":
-        return GRU(*args, **options)
-    if spec == "mlp":
-        return MLPCore(*args, **options)
-    if stack:
-        return StackCore(*args, window=int(spec[6:]), **options)
-    family, cell = spec.split(":")
-    return (GatedLSTM if family == "lstm" else GatedGRU)(*args, cell=cell, **options)
+        core = LSTM(*args, **options)
+    elif spec == "gru":
+        core = GRU(*args, **options)
+    elif spec == "mlp":
+        core = MLPCore(*args, **options)
+    elif stack:
+        core = StackCore(*args, window=int(spec[6:]), **options)
+    else:
+        family, cell = spec.split(":")
+        core = (GatedLSTM if family == "lstm" else GatedGRU)(*args, cell=cell, **options)
+    if learn_initial_state:
+        core.learn_initial_state()
+    return core
