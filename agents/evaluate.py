@@ -122,6 +122,9 @@ def episode_limit(venv) -> int | None:
             return getattr(base, name)
     for name in ("spec", "max_steps"):  # gymnasium's vector envs: asked of the first env
         try:
+            # an async worker asked for an attribute its env lacks stops for good: ask first
+            if not base.call("has_wrapper_attr", name)[0]:
+                continue
             value = base.get_attr(name)[0]
         except Exception:  # noqa: BLE001 - an env without it, or a vector env that cannot say
             continue

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import envs
 import train
 from agents import commands
 from agents import evaluate as ev
@@ -193,3 +194,17 @@ def test_ablating_the_memory_of_a_trained_tmaze_agent(tmp_path):
         results[bool(flags)] = json.loads(p.stdout.strip().splitlines()[-1])
     assert results[False]["success_rate"] >= 0.9 and not results[False]["ablate_memory"]
     assert results[True]["success_rate"] <= 0.6 and results[True]["ablate_memory"]
+
+
+def test_the_episode_limit_probe_leaves_async_workers_running():
+    """Asking an async worker for an attribute its env lacks would stop it: POPGym's envs have no
+    ``max_steps``, and the run that asked must still be able to step them."""
+    from agents.evaluate import episode_limit
+
+    venv = envs.make("popgym-RepeatFirstEasy-v0", 2, 0, vectorization="async")
+    try:
+        assert episode_limit(venv) is None
+        venv.reset()
+        venv.step(venv.action_space.sample())
+    finally:
+        venv.close()
