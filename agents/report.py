@@ -6,6 +6,8 @@ Per core and sweep value: final success (greedy evaluation at the end of each ru
 seeds with a 95% percentile-bootstrap interval and the interquartile mean; the steps at which the
 success curve first reaches 0.9; SPS; the forget-gate statistics of the end of training. Per core:
 the **memory horizon**, the largest swept value solved (final success >= 0.9) by a majority of seeds.
+Where the sweep holds gate-grid cells (``lstm:XY``, ``gru:XY``): their heatmaps and the paper's two
+claims read off them (``agents/gate_grid.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from agents import gate_grid
 from agents.logger import read_json
 
 SOLVED = 0.9
@@ -334,12 +337,14 @@ def write(folder: str, key: str | None = None) -> str:
     meta = read_json(os.path.join(folder, "sweep.json"))
     agg = aggregate(runs, key, planned=meta if meta and meta.get("sweep_key") == key else None)
     figure(agg, runs, os.path.join(folder, "report.png"))
+    gate_grid.figure(agg, key, os.path.join(folder, "report_grid.png"))
     md = os.path.join(folder, "report.md")
     with open(md + ".tmp", "w") as f:
         f.write(markdown(agg, runs, folder, (meta or {}).get("command")))
+        f.write("\n".join(gate_grid.markdown(agg, key)) + "\n")
     os.replace(md + ".tmp", md)
     write_json(os.path.join(folder, "report.json"), {
-        "key": key, "horizon": agg["horizon"],
+        "key": key, "horizon": agg["horizon"], "gate_grid_claims": gate_grid.claims(agg),
         "cells": [{"core": core, key or "value": value, **{k: v for k, v in c.items()}}
                   for (core, value), c in agg["cells"].items()]})
     return md

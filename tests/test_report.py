@@ -82,3 +82,26 @@ def test_report_of_an_empty_folder_is_a_clear_error(tmp_path, capsys):
 
     assert train.main(["report", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == f"error: no run folders (with config.json) in {tmp_path}"
+
+
+def test_gate_grid_heatmaps_and_the_papers_claims(tmp_path):
+    """Grid cells get a 4 x 3 table per family and sweep value and a verdict per claim: a clear
+    success gap decides, a tie on success is decided by the steps to 0.9, cells not run say so."""
+    finals = {"lstm:-R": [1.0, 1.0, 1.0], "lstm:-M": [0.0, 0.1, 0.0], "lstm:--": [1.0, 1.0, 1.0],
+              "urlstm": [1.0, 1.0, 1.0], "lstm:U-": [0.5, 0.0, 1.0]}
+    reach = {"lstm:-R": 1, "lstm:--": 3, "urlstm": 1, "lstm:U-": 1}  # the eval at which 0.9 is reached
+    for core, values in finals.items():
+        for seed, final in enumerate(values, start=1):
+            first = reach.get(core, 9)
+            _fake_run(tmp_path, core, 100, seed, final,
+                      [(100 * k, final if k >= first else 0.0) for k in range(1, 5)])
+    md = open(report.write(str(tmp_path))).read()
+    verdicts = {(r["cell"], r["against"]): r["verdict"]
+                for r in json.loads((tmp_path / "report.json").read_text())["gate_grid_claims"]}
+    assert verdicts[("-R", "-M")] == "yes"                # 1.0 on every seed against 0.03
+    assert verdicts[("-R", "--")] == "yes (faster)"       # both 1.0: 0.9 at 100 steps against 300
+    assert verdicts[("UR", "-R")] == "tie"                # both 1.0 at 100 steps
+    assert verdicts[("U-", "--")] == "undecided"          # 0.5 [0, 1] against 1.0 on 3 seeds
+    assert verdicts[("CR", "CM")] == "missing"
+    assert "| `-` | 1.00 [1.00, 1.00], 300 (3/3) | 0.03 [0.00, 0.10], - (0/3) |" in md
+    assert (tmp_path / "report_grid.png").stat().st_size > 1000
