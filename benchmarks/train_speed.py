@@ -1,10 +1,13 @@
-"""Training speed of the PPO learner: SPS and the share of time in env, inference and learning.
+"""Training speed of the PPO learner: SPS, the share of time in env, inference and learning, and
+its roofline.
 
     python benchmarks/train_speed.py                      # UR-LSTM, batched passive T-maze, 256 envs
     python benchmarks/train_speed.py --core lstm --num-envs 64 --updates 10
 
 Runs ``agents.ppo.train`` for a warm-up update, then for ``--updates`` measured updates, and prints
-one JSON object: steps per second over the measured updates and where the time went.
+one JSON object: steps per second over the measured updates and where the time went. On CPU the
+``roofline`` block (``benchmarks/roofline.py``) adds the FLOPs per env step (matrix products), the
+float32 GEMM rate measured in the same run on 1 and 2 threads, and the share of it the run reached.
 """
 
 from __future__ import annotations
@@ -23,15 +26,19 @@ import torch  # noqa: E402
 
 from agents import commands, ppo, runfolder, runloop  # noqa: E402
 from agents.config import TrainConfig, parse_kwargs  # noqa: E402
+from benchmarks import roofline  # noqa: E402
 from policies.cores.cpu import cpu_info  # noqa: E402
 
 
-def measure(cfg: TrainConfig, updates: int, warmup: int = 1) -> dict:
-    """Train for warmup + updates updates; SPS and time shares over the measured ones."""
+def measure(cfg: TrainConfig, updates: int, warmup: int = 1, with_roofline: bool = False) -> dict:
+    """Train for warmup + updates updates; SPS and time shares over the measured ones (and, with
+    ``with_roofline``, the ``roofline`` block: FLOPs counted before training, GEMMs timed after)."""
     device = runfolder.resolve_device(cfg.device)
     runfolder.seed_everything(cfg.seed)
     venv = commands.make_env(cfg)
     policy = commands.make_policy(cfg, venv, device)
+    if with_roofline:
+        flops, shapes = roofline.flops_per_step(policy, cfg), roofline.gemm_shapes(policy, cfg)
     marks: list[tuple[float, int]] = []
 
     def on_progress(p: dict) -> None:
@@ -62,7 +69,7 @@ def measure(cfg: TrainConfig, updates: int, warmup: int = 1) -> dict:
     parts = {k: sum(u[k] for u in measured) for k in ("env", "inference", "learn")}
     total = t1 - t0
     parts["other"] = max(0.0, total - sum(parts.values()))
-    return {
+    result = {
         "sps": round((s1 - s0) / total, 1),
         "steps_measured": s1 - s0,
         "seconds_measured": round(total, 2),
@@ -70,6 +77,9 @@ def measure(cfg: TrainConfig, updates: int, warmup: int = 1) -> dict:
         "seconds": {k: round(v, 3) for k, v in parts.items()},
         "train_success_rate": summary["train_success_rate"],
     }
+    if with_roofline:
+        result["roofline"] = roofline.roofline(flops, roofline.gemm_peaks(shapes), result)
+    return result
 
 
 def main() -> None:
@@ -86,6 +96,8 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=10, help="measured updates")
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-roofline", action="store_true",
+                        help="skip the roofline block (FLOP count and GEMM timing: 5 to 20 s here; CPU only)")
     args = parser.parse_args()
     cfg = TrainConfig(env=args.env, env_kwargs=parse_kwargs(args.env_kwargs), core=args.core,
                       num_envs=args.num_envs, num_steps=args.num_steps, seq_len=args.seq_len or args.num_steps,
@@ -93,7 +105,7 @@ def main() -> None:
                       hidden_size=args.hidden_size, torch_threads=args.torch_threads, device=args.device,
                       progress=False)
     torch.set_num_threads(args.torch_threads)
-    result = measure(cfg, args.updates)
+    result = measure(cfg, args.updates, with_roofline=cfg.device == "cpu" and not args.no_roofline)
     print(json.dumps({
         "benchmark": "train_speed", "env": cfg.env, "env_kwargs": cfg.env_kwargs, "core": cfg.core,
         "num_envs": cfg.num_envs, "num_steps": cfg.num_steps, "seq_len": cfg.seq_len,
