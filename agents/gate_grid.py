@@ -27,14 +27,15 @@ SOLVED = 0.9
 
 
 def cells_of(agg: dict) -> dict[tuple[str, Any, str], dict]:
-    """{(family, sweep value, cell XY): the aggregated cell} for every grid core of the sweep."""
+    """{(family, sweep value, cell XY): the aggregated cell} for every grid core of the sweep, where
+    a family holds at least two cells at that value (one UR core alone is no grid)."""
     out = {}
     for (core, value), c in agg["cells"].items():
         name = ALIASES.get(core, core)
         family, _, cell = name.partition(":")
         if family in FAMILIES and len(cell) == 2 and c["seeds"]:
             out[(family, value, cell)] = c
-    return out
+    return {k: c for k, c in out.items() if sum(j[:2] == k[:2] for j in out) >= 2}
 
 
 def compare(a: dict | None, b: dict | None, n_boot: int = 10_000, seed: int = 0) -> str:

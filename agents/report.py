@@ -2,7 +2,8 @@
 
     python train.py report runs/NAME
 
-Per core and sweep value: final success (greedy evaluation at the end of each run) as the mean over
+Per core and sweep value: final success (greedy evaluation at the end of each run; the return for a
+task without success, such as POPGym's, whose returns lie in [-1, 1]) as the mean over
 seeds with a 95% percentile-bootstrap interval and the interquartile mean; the steps at which the
 success curve first reaches 0.9; SPS; the forget-gate statistics of the end of training. Per core:
 the **memory horizon**, the largest swept value solved (final success >= 0.9) by a majority of seeds.
@@ -25,6 +26,9 @@ from agents.logger import read_json
 SOLVED = 0.9
 _EPS = 1e-6  # TensorBoard stores float32: 0.9 comes back as 0.8999999762
 CURVE_TAGS = ("charts/eval_success_rate", "charts/success_rate")  # first present wins
+# a task without success (POPGym, Gymnasium ids) is read by its return, with the same threshold:
+# POPGym's returns lie in [-1, 1], 1 the best
+RETURN_TAGS = ("charts/eval_return", "charts/episodic_return")
 
 
 @dataclass
@@ -42,6 +46,7 @@ class RunResult:
     curve: tuple[np.ndarray, np.ndarray] | None = None  # (steps [N], success [N])
     curve_tag: str | None = None
     memory: dict[str, float] = field(default_factory=dict)  # last memory/ scalars
+    metric: str = "success"                    # or "return": final_success and curve hold returns
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,7 +102,7 @@ def _scalars(run_dir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     acc.Reload()
     out = {}
     for tag in acc.Tags().get("scalars", []):
-        if tag in CURVE_TAGS or tag.startswith("memory/"):
+        if tag in CURVE_TAGS or tag in RETURN_TAGS or tag.startswith("memory/"):
             events = acc.Scalars(tag)
             steps = np.array([e.step for e in events], dtype=np.int64)
             values = np.array([e.value for e in events], dtype=np.float64)
@@ -120,7 +125,10 @@ def load_runs(folder: str) -> list[RunResult]:
                       final_success=summary.get("final_success_rate"), final_return=summary.get("final_return"),
                       sps=summary.get("sps"), total_steps=summary.get("total_steps"))
         scalars = _scalars(run_dir)
-        for tag in CURVE_TAGS:
+        success = r.final_success is not None or any(t in scalars for t in CURVE_TAGS)
+        if not success:
+            r.metric, r.final_success = "return", r.final_return
+        for tag in CURVE_TAGS if success else RETURN_TAGS:
             if tag in scalars and scalars[tag][0].size:
                 r.curve, r.curve_tag = scalars[tag], tag
                 break
@@ -179,7 +187,8 @@ def aggregate(runs: Sequence[RunResult], key: str | None, planned: dict | None =
                 "gate": _mean(r.memory.get("gate_mean") for r in group),
             }
     hz = {core: horizon({v: cells[(core, v)]["success"] for v in values if v is not None}) for core in cores}
-    return {"cores": cores, "values": values, "cells": cells, "horizon": hz, "key": key}
+    metric = "return" if runs and all(r.metric == "return" for r in runs) else "success"
+    return {"cores": cores, "values": values, "cells": cells, "horizon": hz, "key": key, "metric": metric}
 
 
 def _mean(xs) -> float:
@@ -196,20 +205,20 @@ def _sort_key(v: Any):
 # ---------------------------------------------------------------------------------------------
 
 def markdown(agg: dict, runs: Sequence[RunResult], folder: str, command: str | None = None) -> str:
-    key = agg["key"]
+    key, m = agg["key"], agg["metric"]
     env = runs[0].env if runs else "?"
     tags = sorted({r.curve_tag for r in runs if r.curve_tag})
     done = sum(c["seeds"] for c in agg["cells"].values())
     total = sum(c["planned"] for c in agg["cells"].values())
     lines = [f"# {env}: memory cores compared", "",
-             f"{done} of {total} runs finished in `{folder}`. Success: greedy evaluation at the end of each run, mean over "
+             f"{done} of {total} runs finished in `{folder}`. {m.capitalize()}: greedy evaluation at the end of each run, mean over "
              f"seeds [95% bootstrap interval], IQM = interquartile mean. Steps to {SOLVED}: median over the "
              f"seeds whose curve ({', '.join(tags) or 'none'}) reached {SOLVED} (k/n seeds). "
              "Gate, timescale: the mean forget gate g and the mean (median) of 1/(1 - g) over units and steps of the last "
              "training minibatch, averaged over seeds.", ""]
     if command:
         lines += ["```", command, "```", ""]
-    head = ([key] if key else []) + ["core", "seeds", "success", "95% CI", "IQM", f"steps to {SOLVED}",
+    head = ([key] if key else []) + ["core", "seeds", m, "95% CI", "IQM", f"steps to {SOLVED}",
                                      "steps", "SPS", "gate", "timescale (median)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for value in agg["values"]:
@@ -227,12 +236,12 @@ def markdown(agg: dict, runs: Sequence[RunResult], folder: str, command: str | N
                 f"{_f(c['timescale'], '.0f')} ({_f(c['timescale_median'], '.1f')})"]
             lines.append("| " + " | ".join(row) + " |")
     if key:
-        lines += ["", f"**Memory horizon** (largest {key} solved, success >= {SOLVED} on a majority of seeds):", ""]
+        lines += ["", f"**Memory horizon** (largest {key} solved, {m} >= {SOLVED} on a majority of seeds):", ""]
         lines += ["| core | horizon |", "|---|---|"]
         for core in agg["cores"]:
             h = agg["horizon"][core]
             lines.append(f"| `{core}` | {'none' if h is None else h} |")
-    lines += ["", "Figure: `report.png` (learning curves with 95% bootstrap bands; success versus "
+    lines += ["", f"Figure: `report.png` (learning curves with 95% bootstrap bands; {m} versus "
               f"{key or 'run'})."]
     return "\n".join(lines) + "\n"
 
@@ -261,7 +270,8 @@ def figure(agg: dict, runs: Sequence[RunResult], file_png: str) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    key, cores = agg["key"], agg["cores"]
+    key, cores, m = agg["key"], agg["cores"], agg["metric"]
+    low = -1.03 if m == "return" else -0.03
     values = [v for v in agg["values"] if any(c["seeds"] or c["pending"] for (_, cv), c in agg["cells"].items()
                                               if cv == v)] or agg["values"]  # planned only: no panel
     panels = len(values) + (1 if key else 0)
@@ -280,8 +290,8 @@ def figure(agg: dict, runs: Sequence[RunResult], file_png: str) -> list[str]:
             ax.fill_between(x, lo, hi, color=colors[core], alpha=0.2, lw=0)
         ax.set_title(f"{key} = {value}" if key else "learning curves", fontsize=9)
         ax.set_xlabel("environment steps", fontsize=8)
-        ax.set_ylabel("success", fontsize=8)
-        ax.set_ylim(-0.03, 1.03)
+        ax.set_ylabel(m, fontsize=8)
+        ax.set_ylim(low, 1.03)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     if key:
@@ -302,10 +312,10 @@ def figure(agg: dict, runs: Sequence[RunResult], file_png: str) -> list[str]:
             ax.set_xticks(values)
             ax.xaxis.set_major_formatter(ScalarFormatter())
             ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_title(f"final success vs {key}", fontsize=9)
+        ax.set_title(f"final {m} vs {key}", fontsize=9)
         ax.set_xlabel(key, fontsize=8)
-        ax.set_ylabel("success (greedy eval)", fontsize=8)
-        ax.set_ylim(-0.03, 1.03)
+        ax.set_ylabel(f"{m} (greedy eval)", fontsize=8)
+        ax.set_ylim(low, 1.03)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[panels:]:

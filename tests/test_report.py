@@ -105,3 +105,22 @@ def test_gate_grid_heatmaps_and_the_papers_claims(tmp_path):
     assert verdicts[("CR", "CM")] == "missing"
     assert "| `-` | 1.00 [1.00, 1.00], 300 (3/3) | 0.03 [0.00, 0.10], - (0/3) |" in md
     assert (tmp_path / "report_grid.png").stat().st_size > 1000
+
+
+def test_a_task_without_success_is_reported_by_its_return(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    for seed, final in ((1, 0.95), (2, -0.45)):
+        run_dir = tmp_path / f"urlstm__s{seed}"
+        run_dir.mkdir()
+        write_json(str(run_dir / "config.json"), {"core": "urlstm", "seed": seed,
+                                                  "env": "popgym-RepeatFirstEasy-v0", "env_kwargs": {}})
+        write_json(str(run_dir / "summary.json"), {"status": "finished", "final_success_rate": None,
+                                                   "final_return": final, "sps": 1.0, "total_steps": 300})
+        with SummaryWriter(str(run_dir)) as w:
+            for step, value in ((100, -0.5), (200, final), (300, final)):
+                w.add_scalar("charts/eval_return", value, step)
+    text = open(report.write(str(tmp_path))).read()
+    assert "| `urlstm` | 2 | 0.25 |" in text and "| core | seeds | return |" in text
+    assert "gate grid" not in text  # one UR core is no grid
+    assert "| 200 (1/2) |" in text  # the return curve reaches 0.9 at step 200 for one seed
