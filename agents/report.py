@@ -351,7 +351,9 @@ def write(folder: str, key: str | None = None) -> str:
     md = os.path.join(folder, "report.md")
     with open(md + ".tmp", "w") as f:
         f.write(markdown(agg, runs, folder, (meta or {}).get("command")))
-        f.write("\n".join(gate_grid.markdown(agg, key)) + "\n")
+        grid = gate_grid.markdown(agg, key)  # starts with an empty line: a blank line before it
+        if grid:
+            f.write("\n".join(grid) + "\n")
     os.replace(md + ".tmp", md)
     write_json(os.path.join(folder, "report.json"), {
         "key": key, "horizon": agg["horizon"], "gate_grid_claims": gate_grid.claims(agg),
