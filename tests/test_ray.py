@@ -85,9 +85,13 @@ def test_killed_ray_actor_is_restarted_and_counted(ray_instance, tmp_path):
             assert len(pids) == 2, [(p, _cmdline(p)) for p in descendants(os.getpid())]
             os.kill(pids[0], signal.SIGKILL)
             killed.append(pids[0])
-        elif killed:
-            time.sleep(0.25)  # the remaining updates give Ray seconds to report the death
+        elif killed and not reported():
+            time.sleep(1.0)  # each remaining update gives Ray a second to report the death
         return False
+
+    def reported() -> bool:
+        log = tmp_path / "run" / "actors.log"
+        return log.exists() and "died" in log.read_text()
 
     code, s = run(tmp_path, "--total-steps", "960", stop=stop)
     assert killed and code == 0 and s["status"] == "finished", s
