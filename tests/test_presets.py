@@ -185,3 +185,18 @@ def test_the_first_line_of_a_real_run_names_the_preset(tmp_path):
     assert p.returncode == 0, p.stderr
     first = p.stderr.splitlines()[0]
     assert first.startswith("preset memory-chain (ppo on urlstm/MemoryChain-v0") and "--env-kwargs length=50 num_bits=1" in first
+
+
+def test_the_pendulum_preset_trains_a_gaussian_head(tmp_path):
+    """The position-only pendulum's preset (Box actions) wins over the POPGym pattern and runs."""
+    assert presets.find("popgym-PositionOnlyPendulumHard-v0", "ppo").name == "popgym-pendulum"
+    assert presets.find("popgym-PositionOnlyCartPoleEasy-v0", "ppo").name == "popgym"
+    code, s = train.run_train(["--env", "popgym-PositionOnlyPendulumEasy-v0", "--num-envs", "2",
+                               "--num-steps", "20", "--seq-len", "20", "--update-epochs", "1",
+                               "--num-minibatches", "1", "--total-steps", "80", "--eval-episodes", "1",
+                               "--hidden-size", "8", "--embed-size", "8", "--no-progress",
+                               "--device", "cpu", "--logdir", str(tmp_path)])
+    assert code == 0 and s["status"] == "finished", s
+    cfg = json.load(open(os.path.join(s["run_dir"], "config.json")))
+    assert cfg["preset"] == "popgym-pendulum" and cfg["update_epochs"] == 1 and cfg["ent_coef"] == 0.0
+    assert -1.0 <= s["final_return"] <= 1.0
