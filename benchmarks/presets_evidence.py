@@ -40,9 +40,8 @@ THRESHOLDS = {
     "popgym-RepeatFirstEasy-v0": ("return", 0.9),
     "popgym-CountRecallEasy-v0": ("return", 0.9),
     "popgym-PositionOnlyCartPoleEasy-v0": ("return", 0.9),
-    # per step (raw reward + 8.14) / 8.14 / 200: 0.75 is a mean raw reward of -2.0 per step
-    # (-407 per 200-step episode; a random policy about 0.26)
-    "popgym-PositionOnlyPendulumEasy-v0": ("return", 0.75),
+    # 1 + R / 1627 for Pendulum's own return R: 0.8 is R = -325 (a random policy 0.26)
+    "popgym-PositionOnlyPendulumEasy-v0": ("return", 0.8),
     "CartPole-v1": ("return", 475.0),  # gymnasium's reward_threshold for the id
 }
 
