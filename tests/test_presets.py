@@ -39,6 +39,8 @@ def test_the_most_specific_match_wins():
     assert presets.find("MiniGrid-MemoryS11-v0", "impala").name == "minigrid-memory-impala"
     assert presets.find("MiniGrid-DoorKey-5x5-v0", "ppo").name == "minigrid"
     assert presets.find("popgym-RepeatFirstEasy-v0", "ppo").name == "popgym"
+    assert presets.find("popgym-PositionOnlyPendulumEasy-v0", "ppo").name == "popgym-pendulum"
+    assert presets.find("popgym-PositionOnlyPendulumEasy-v0", "impala").name == "popgym-impala"
     assert presets.find("CartPole-v1", "ppo").name == "classic-control"
     assert presets.find("Some/Other-v0", "ppo").name == "gymnasium"
     assert presets.find("Some/Other-v0", "impala").name == "gymnasium-impala"
