@@ -22,6 +22,7 @@ import numpy as np
 
 from agents import gate_grid
 from agents.logger import read_json
+from policies.cores.gates import AUXILIARY, PRIMARY
 
 SOLVED = 0.9
 _EPS = 1e-6  # TensorBoard stores float32: 0.9 comes back as 0.8999999762
@@ -188,7 +189,8 @@ def aggregate(runs: Sequence[RunResult], key: str | None, planned: dict | None =
             }
     hz = {core: horizon({v: cells[(core, v)]["success"] for v in values if v is not None}) for core in cores}
     metric = "return" if runs and all(r.metric == "return" for r in runs) else "success"
-    return {"cores": cores, "values": values, "cells": cells, "horizon": hz, "key": key, "metric": metric}
+    return {"cores": cores, "values": values, "cells": cells, "horizon": hz, "key": key, "metric": metric,
+            "threshold": SOLVED}
 
 
 def _mean(xs) -> float:
@@ -248,6 +250,44 @@ def markdown(agg: dict, runs: Sequence[RunResult], folder: str, command: str | N
 
 def _f(x: float | None, fmt: str = ".2f") -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+def _steps(v: float) -> str:
+    return f"{v / 1e6:.2f}M" if v >= 1e6 else f"{v / 1e3:.0f}k" if v >= 1e3 else f"{v:.0f}"
+
+
+def grid_markdown(agg: dict) -> list[str]:
+    """The gate grid's tables (success and steps per cell) and the claims table; [] without one."""
+    key, panels = agg["key"], gate_grid.panels(agg)
+    if not panels:
+        return []
+    cells = gate_grid.cells_of(agg)
+    lines = ["", "## The gate grid", "",
+             "Rows: the primary gate X (`-` standard, `C` chrono, `O` ordered, `U` uniform "
+             "initialisation); columns: the auxiliary gate Y (`-` none, `M` master, `R` refine). "
+             f"Each cell: mean final success [min, max over seeds] and the median steps to {SOLVED} "
+             "(k/n seeds that got there). Figure: `report_grid.png`.", ""]
+    for family, value in panels:
+        lines += [f"**{family}**" + (f", {key} = {value}" if key else "") + ":", "",
+                  "| X \\ Y | " + " | ".join(f"`{y}`" for y in AUXILIARY) + " |", "|---|---|---|---|"]
+        for x in PRIMARY:
+            row = [f"`{x}`"]
+            for y in AUXILIARY:
+                c = cells.get((family, value, x + y))
+                row.append("not run" if c is None else
+                           f"{_f(c['mean'])} [{_f(min(c['success']))}, {_f(max(c['success']))}], "
+                           f"{'-' if c['steps_to_solve'] is None else _steps(c['steps_to_solve'])} "
+                           f"({c['solved_seeds']}/{c['seeds']})")
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    lines += ["**The paper's claims** (a beats b? see `agents/gate_grid.py` for the rule):", "",
+              "| claim | family | " + (f"{key} | " if key else "") + "a | b | success a | success b | a beats b |",
+              "|---|---|" + ("---|" if key else "") + "---|---|---|---|---|"]
+    for r in gate_grid.claims(agg):
+        lines.append(f"| {r['claim']} | {r['family']} | " + (f"{r['value']} | " if key else "")
+                     + f"`{r['cell']}` | `{r['against']}` | {_f(r['mean'])} | {_f(r['against_mean'])} | "
+                     f"{r['verdict']} |")
+    return lines
 
 
 def curve_band(curves: Sequence[tuple[np.ndarray, np.ndarray]], points: int = 100, n_boot: int = 2000
@@ -334,6 +374,43 @@ def figure(agg: dict, runs: Sequence[RunResult], file_png: str) -> list[str]:
     return [file_png, file_pdf]
 
 
+def grid_figure(agg: dict, file_png: str) -> list[str]:
+    """Heatmaps of mean final success and of steps to the threshold per family and sweep value."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key, panels, cells = agg["key"], gate_grid.panels(agg), gate_grid.cells_of(agg)
+    if not panels:
+        return []
+    fig, axes = plt.subplots(2, len(panels), figsize=(3.2 * len(panels), 5.6), squeeze=False)
+    for j, (family, value) in enumerate(panels):
+        success, steps = np.full((4, 3), np.nan), np.full((4, 3), np.nan)
+        for (i, x), (k, y) in ((a, b) for a in enumerate(PRIMARY) for b in enumerate(AUXILIARY)):
+            c = cells.get((family, value, x + y))
+            if c is not None:
+                success[i, k] = c["mean"]
+                steps[i, k] = np.nan if c["steps_to_solve"] is None else c["steps_to_solve"]
+        title = family + (f", {key} = {value}" if key else "")
+        _heatmap(axes[0, j], success, f"{title}: final success", _f, 1.0, "viridis")
+        _heatmap(axes[1, j], steps, f"{title}: steps to {SOLVED}", _steps,
+                 np.nanmax(steps) if np.isfinite(steps).any() else 1.0, "viridis_r")
+    fig.tight_layout()
+    fig.savefig(file_png, dpi=130)
+    plt.close(fig)
+    return [file_png]
+
+
+def _heatmap(ax, data: np.ndarray, title: str, fmt, vmax: float, cmap: str) -> None:
+    ax.imshow(np.ma.masked_invalid(data), vmin=0.0, vmax=vmax, cmap=cmap)
+    for (i, k), v in np.ndenumerate(data):
+        ax.text(k, i, "-" if np.isnan(v) else fmt(v), ha="center", va="center", fontsize=8,
+                bbox={"facecolor": "white", "alpha": 0.7, "lw": 0, "pad": 1})
+    ax.set_xticks(range(3), [f"Y={y}" for y in AUXILIARY], fontsize=7)
+    ax.set_yticks(range(4), [f"X={x}" for x in PRIMARY], fontsize=7)
+    ax.set_title(title, fontsize=8)
+
+
 def write(folder: str, key: str | None = None) -> str:
     """Write report.md, report.png, report.pdf and report.json into ``folder``; returns report.md's path."""
     from agents.logger import write_json
@@ -347,11 +424,11 @@ def write(folder: str, key: str | None = None) -> str:
     meta = read_json(os.path.join(folder, "sweep.json"))
     agg = aggregate(runs, key, planned=meta if meta and meta.get("sweep_key") == key else None)
     figure(agg, runs, os.path.join(folder, "report.png"))
-    gate_grid.figure(agg, key, os.path.join(folder, "report_grid.png"))
+    grid_figure(agg, os.path.join(folder, "report_grid.png"))
     md = os.path.join(folder, "report.md")
     with open(md + ".tmp", "w") as f:
         f.write(markdown(agg, runs, folder, (meta or {}).get("command")))
-        grid = gate_grid.markdown(agg, key)  # starts with an empty line: a blank line before it
+        grid = grid_markdown(agg)  # starts with an empty line: a blank line before it
         if grid:
             f.write("\n".join(grid) + "\n")
     os.replace(md + ".tmp", md)

@@ -84,7 +84,7 @@ class CoreMixin:
             shape = self.state_shape(1)
             self.state0 = nn.ParameterList(  # nn.Module.__setattr__ registers it under _modules
                 nn.Parameter(torch.zeros(shape, device=None if ref is None else ref.device))
-                for _ in self.initial_state(1, "cpu"))
+                for _ in range(self.state_size))
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None,
                       dtype: torch.dtype | None = None) -> State:
