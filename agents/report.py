@@ -13,6 +13,7 @@ claims read off them (``agents/gate_grid.py``).
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 from dataclasses import dataclass, field
@@ -156,14 +157,19 @@ def sweep_key(folder: str, runs: Sequence[RunResult]) -> str | None:
 def aggregate(runs: Sequence[RunResult], key: str | None, planned: dict | None = None) -> dict:
     """{"cores": [...], "values": [...], "cells": {(core, value): stats}, "horizon": {core: value}}.
 
-    ``planned`` (sweep.json: "cores", "values", "seeds") adds the runs not started yet to the counts.
+    ``planned`` (sweep.json: "cores", "values", "seeds" and "runs", the [core, value, seed] asked for)
+    adds the runs not started yet to the counts.
     """
     finished = [r for r in runs if r.status is not None and r.status.startswith(("finished", "diverged"))]
     planned = planned or {}
     cores = list(dict.fromkeys([*planned.get("cores", []), *(r.core for r in runs)]))
     seen = {r.env_kwargs.get(key) for r in runs} | set(planned.get("values", [])) if key else {None}
     values = sorted(seen, key=_sort_key)
-    n_planned = len(planned.get("seeds", []))
+    asked = planned.get("runs")
+    if asked is None:  # older folders: every core at every seed
+        asked = [(c, v, s) for v in planned.get("values", [None]) for s in planned.get("seeds", [])
+                 for c in planned.get("cores", [])]
+    n_asked = collections.Counter((c, v if key else None) for c, v, _ in asked)
     cells = {}
     for core in cores:
         for value in values:
@@ -177,7 +183,7 @@ def aggregate(runs: Sequence[RunResult], key: str | None, planned: dict | None =
             reached = [s for s in reach if s is not None]
             lo, hi = bootstrap_ci(succ)
             cells[(core, value)] = {
-                "seeds": len(group), "pending": pending, "planned": max(n_planned, len(group) + pending),
+                "seeds": len(group), "pending": pending, "planned": max(n_asked[(core, value)], len(group) + pending),
                 "success": succ,
                 "mean": float(np.mean(succ)) if succ else math.nan, "ci": (lo, hi), "iqm": iqm(succ),
                 "steps_to_solve": float(np.median(reached)) if reached else None,

@@ -235,21 +235,25 @@ def _exclusive(out: str):
 def _remember(out: str, meta: dict[str, Any], values: Sequence[Any], cores: Sequence[str],
               seeds: Sequence[int], command: str | None) -> None:
     """Write OUT/sweep.json: the settings every run shares (a different one needs another --out, except
-    train flags that give the runs already there the same flags) and the union of the values, cores
-    and seeds asked for so far."""
+    train flags that give the runs already there the same flags), the union of the values, cores and
+    seeds asked for so far, and the runs asked for: [core, value, seed] (two commands on one folder,
+    e.g. 3 seeds of some cores and 1 of others, plan their own runs, not every combination)."""
     file = os.path.join(out, "sweep.json")
     old = read_json(file)
+    runs = [[c, v, s] for v in values for s in seeds for c in cores]
     if old is not None:
         differ = [k for k in meta if old.get(k) != meta[k]
                   and not (k == "train_flags" and _same_for(old, meta[k]))]
         if differ:
             raise SweepError(f"{out} holds a sweep with other {', '.join(differ)} "
                              f"({', '.join(repr(old.get(k)) for k in differ)}): use another --out")
+        before = old.get("runs") or [[c, v, s] for v in old["values"] for s in old["seeds"] for c in old["cores"]]
+        runs = before + [r for r in runs if r not in before]
         values = old["values"] + [v for v in values if v not in old["values"]]
         cores = old["cores"] + [c for c in cores if c not in old["cores"]]
         seeds = sorted(set(old["seeds"]) | set(seeds))
     write_json(file, {**meta, "values": list(values), "cores": list(cores), "seeds": list(seeds),
-                      "command": command})
+                      "runs": runs, "command": command})
 
 
 def _same_for(old: dict[str, Any], flags: Sequence[str]) -> bool:

@@ -116,3 +116,20 @@ def test_a_flag_may_be_rewritten_when_the_runs_already_there_keep_theirs(tmp_pat
     lower = dict(meta, train_flags=["--total-steps", "{min(5_000_000, 40 * length**2)}"])
     with pytest.raises(sweep.SweepError, match="use another --out"):
         sweep._remember(out, lower, [2000], ["lstm"], [1], None)
+
+
+def test_two_commands_on_one_folder_plan_their_own_runs(tmp_path):
+    from agents import report
+
+    out = str(tmp_path)
+    meta = {"env": "popgym-RepeatPreviousMedium-v0", "env_kwargs": {}, "sweep_key": None, "train_flags": []}
+    sweep._remember(out, meta, [None], ["urlstm", "lstm"], [1, 2, 3], None)
+    sweep._remember(out, meta, [None], ["mlp", "lstm"], [1], None)  # one seed of a baseline
+    saved = json.loads(open(os.path.join(out, "sweep.json")).read())
+    assert saved["cores"] == ["urlstm", "lstm", "mlp"] and saved["seeds"] == [1, 2, 3]
+    assert len(saved["runs"]) == 7 and ["mlp", None, 1] in saved["runs"]
+    agg = report.aggregate([], None, planned=saved)
+    assert {c: agg["cells"][(c, None)]["planned"] for c in saved["cores"]} == {"urlstm": 3, "lstm": 3, "mlp": 1}
+    # a folder written before "runs" existed: every core at every seed, as then
+    legacy = {k: v for k, v in saved.items() if k != "runs"}
+    assert report.aggregate([], None, planned=legacy)["cells"][("mlp", None)]["planned"] == 3
