@@ -340,10 +340,11 @@ def run_compare(args: CompareArgs, train_flags: Sequence[str], check: Callable[[
 @dataclass(frozen=True)
 class ReportArgs:
     """Aggregate a folder of runs (train.py compare) into report.md, report.png/pdf and
-    report.json."""
+    report.json. Several folders (one task each): each gets its report, and one table of every
+    core on every task is printed."""
 
-    folder: tyro.conf.Positional[str]
-    """The sweep folder (holding run folders)."""
+    folders: tyro.conf.Positional[tuple[str, ...]]
+    """The sweep folders (holding run folders)."""
     key: str | None = None
     """The swept env keyword (default: from sweep.json, or the one env keyword that differs
     across runs)."""
@@ -353,12 +354,19 @@ def run_report(args: ReportArgs) -> int:
     from agents import report
 
     try:
-        md = report.write(args.folder, args.key)
+        summaries = [report.summarise(folder, args.key) for folder in args.folders]
     except FileNotFoundError as err:
         raise UsageError(one_line(err)) from None
-    with open(md) as f:
-        print(f.read(), end="")
-    print(f"written: {md}, {os.path.join(args.folder, 'report.png')}")
+    mds = [report.write_summary(folder, *s) for folder, s in zip(args.folders, summaries)]
+    if len(mds) > 1:
+        print("Final greedy success or return: mean [min, max] over seeds (k/n seeds whose evaluation "
+              f"curve reached {report.SOLVED}).\n")
+        print(report.tasks_markdown(summaries), end="")
+    else:
+        with open(mds[0]) as f:
+            print(f.read(), end="")
+    for folder, md in zip(args.folders, mds):
+        print(f"written: {md}, {os.path.join(folder, 'report.png')}")
     return 0
 
 

@@ -417,10 +417,8 @@ def _heatmap(ax, data: np.ndarray, title: str, fmt, vmax: float, cmap: str) -> N
     ax.set_title(title, fontsize=8)
 
 
-def write(folder: str, key: str | None = None) -> str:
-    """Write report.md, report.png, report.pdf and report.json into ``folder``; returns report.md's path."""
-    from agents.logger import write_json
-
+def summarise(folder: str, key: str | None = None) -> tuple[list[RunResult], dict, dict | None]:
+    """(runs, aggregate, sweep.json or None) of a folder of runs."""
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"no such folder: {folder}")
     runs = load_runs(folder)
@@ -428,7 +426,49 @@ def write(folder: str, key: str | None = None) -> str:
         raise FileNotFoundError(f"no run folders (with config.json) in {folder}")
     key = key or sweep_key(folder, runs)
     meta = read_json(os.path.join(folder, "sweep.json"))
-    agg = aggregate(runs, key, planned=meta if meta and meta.get("sweep_key") == key else None)
+    return runs, aggregate(runs, key, planned=meta if meta and meta.get("sweep_key") == key else None), meta
+
+
+def tasks_markdown(reports: Sequence[tuple[Sequence[RunResult], dict, dict | None]]) -> str:
+    """Several folders (``summarise``'s results) in one table, "which core for which task": a row per
+    core, a column per task (its compare's env kwargs, and the swept value); each cell the final greedy
+    metric, mean [min, max] over seeds, and k/n, the seeds whose evaluation curve reached 0.9."""
+    columns = []  # (title, agg, value)
+    for runs, agg, meta in reports:
+        fixed = [f"{k}={v}" for k, v in ((meta or {}).get("env_kwargs") or {}).items()]
+        for value in agg["values"]:
+            if any(c["seeds"] for (_, v), c in agg["cells"].items() if v == value):
+                title = " ".join([runs[0].env, *fixed, *([f"{agg['key']}={value}"] if agg["key"] else [])])
+                columns.append((f"{title} ({agg['metric']})", agg, value))
+    cores = list(dict.fromkeys(core for _, agg, _ in columns for core in agg["cores"]))
+    lines = ["| core | " + " | ".join(t for t, _, _ in columns) + " |", "|---|" + "---|" * len(columns)]
+    for core in cores:
+        row = []
+        for _, agg, value in columns:
+            c = agg["cells"].get((core, value))
+            if c is None or not c["planned"]:
+                row.append("not run")
+            elif not c["seeds"]:
+                row.append(f"0 of {c['planned']} finished")
+            else:
+                row.append(f"{_f(c['mean'])} [{_f(min(c['success']))}, {_f(max(c['success']))}] "
+                           f"({c['solved_seeds']}/{c['seeds']}"
+                           + (f", {c['planned'] - c['seeds']} unfinished" if c["planned"] > c["seeds"] else "")
+                           + ")")
+        lines.append(f"| `{core}` | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write(folder: str, key: str | None = None) -> str:
+    """Write report.md, report.png, report.pdf and report.json into ``folder``; returns report.md's path."""
+    return write_summary(folder, *summarise(folder, key))
+
+
+def write_summary(folder: str, runs: Sequence[RunResult], agg: dict, meta: dict | None) -> str:
+    """``write`` for a folder already summarised."""
+    from agents.logger import write_json
+
+    key = agg["key"]
     figure(agg, runs, os.path.join(folder, "report.png"))
     grid_figure(agg, os.path.join(folder, "report_grid.png"))
     md = os.path.join(folder, "report.md")

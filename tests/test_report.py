@@ -124,3 +124,24 @@ def test_a_task_without_success_is_reported_by_its_return(tmp_path):
     assert "| `urlstm` | 2 | 0.25 |" in text and "| core | seeds | return |" in text
     assert "gate grid" not in text  # one UR core is no grid
     assert "| 200 (1/2) |" in text  # the return curve reaches 0.9 at step 200 for one seed
+
+
+def test_several_folders_give_one_table_of_every_core_on_every_task(tmp_path, capsys):
+    import train
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    for seed, final in enumerate([1.0, 0.5, 1.0], start=1):
+        _fake_run(a, "urlstm", 100, seed, final, [(100, 0.0), (200, final)])
+    _fake_run(a, "lstm", 100, 1, 0.5, [(100, 0.0), (200, 0.5)])
+    _fake_run(b, "lstm", 250, 1, 1.0, [(100, 1.0)])
+    write_json(str(b / "sweep.json"), {"env": "urlstm/TMazePassive-v0", "env_kwargs": {"length": 250},
+                                       "sweep_key": None, "cores": ["lstm"], "seeds": [1, 2]})
+    assert train.main(["report", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "| core | urlstm/TMazePassive-v0 (success) | urlstm/TMazePassive-v0 length=250 (success) |" in out
+    assert "| `urlstm` | 0.83 [0.50, 1.00] (2/3) | not run |" in out
+    assert "| `lstm` | 0.50 [0.50, 0.50] (0/1) | 1.00 [1.00, 1.00] (1/1, 1 unfinished) |" in out
+    assert (a / "report.md").exists() and (b / "report.md").exists()
+    assert train.main(["report", str(a), str(tmp_path / "missing")]) == 2
