@@ -184,7 +184,9 @@ def _summary_line(run: Run, key: str | None, run_dir: str, code: int, seconds: f
     if s is None:
         return f"{label}: FAILED (exit {code}; see {run_dir}.log)"
     succ = s.get("final_success_rate")
-    what = f"success {succ:.2f}" if succ is not None else f"return {s.get('final_return')}"
+    ret = s.get("final_return")
+    what = (f"success {succ:.2f}" if succ is not None
+            else f"return {ret:.2f}" if isinstance(ret, (int, float)) else f"return {ret}")
     return f"{label}: {s['status']}, {what} ({s['total_steps']:,} steps, {seconds / 60:.1f} min)"
 
 

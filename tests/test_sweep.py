@@ -133,3 +133,16 @@ def test_two_commands_on_one_folder_plan_their_own_runs(tmp_path):
     # a folder written before "runs" existed: every core at every seed, as then
     legacy = {k: v for k, v in saved.items() if k != "runs"}
     assert report.aggregate([], None, planned=legacy)["cells"][("mlp", None)]["planned"] == 3
+
+
+def test_the_line_after_each_run_rounds_its_figure(tmp_path):
+    from agents.logger import write_json
+
+    run = sweep.Run("urlstm", None, 2, "urlstm__s2", [])
+    for summary, figure in (({"final_success_rate": 0.996}, "success 1.00"),
+                            ({"final_success_rate": None, "final_return": -0.49583333373}, "return -0.50"),
+                            ({"final_success_rate": None, "final_return": None}, "return None")):
+        write_json(str(tmp_path / "summary.json"), {"status": "finished", "total_steps": 2_002_944, **summary})
+        assert sweep._summary_line(run, None, str(tmp_path), 0, 192.0) == \
+            f"urlstm seed 2: finished, {figure} (2,002,944 steps, 3.2 min)"
+    assert "FAILED (exit 1" in sweep._summary_line(run, None, str(tmp_path / "none"), 1, 1.0)
