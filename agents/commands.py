@@ -73,8 +73,7 @@ def run_train(cfg: TrainConfig, resume: dict | None, preset_line: str, command: 
     run_parent = os.path.dirname(os.path.abspath(resume["path"])) if resume else cfg.logdir
     if distributed.is_main():
         check_writable(run_parent)
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
+    torch_settings(cfg, device)
     local = distributed.local_config(cfg)  # this rank's envs and seed (all of them without torchrun)
     seed_everything(local.seed)
     # IMPALA's actors make their own envs: here one env gives the spaces
@@ -185,6 +184,16 @@ class EvalArgs:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
 
 
+def torch_settings(cfg: TrainConfig, device) -> None:
+    """The run's torch threads, and on CUDA its float32 matmul precision (--tf32)."""
+    import torch
+
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high" if cfg.tf32 else "highest")
+
+
 def run_eval(args: EvalArgs) -> int:
     from agents import checkpoint as ckpt
     from agents.evaluate import evaluate, record_gif
@@ -193,10 +202,7 @@ def run_eval(args: EvalArgs) -> int:
     data = ckpt.load(args.checkpoint)
     cfg = TrainConfig.from_dict({**data["config"], "resume": None})
     device = resolve_device(args.device)
-    if cfg.torch_threads:  # the run's setting (one thread: these small batches are fastest so)
-        import torch
-
-        torch.set_num_threads(cfg.torch_threads)
+    torch_settings(cfg, device)  # the run's (one thread: these small batches are fastest so)
     seed_everything(cfg.seed if args.seed is None else args.seed)
     if "policy" in data:  # the network as the checkpoint describes it (policies.load_policy's call)
         policy = policy_from_checkpoint(data, device).model

@@ -138,7 +138,18 @@ def main() -> int:
     parser.add_argument("--ppo-updates", type=int, default=2, help="measured PPO updates per device")
     parser.add_argument("--no-autotune", action="store_true",
                         help="one configuration per kernel (URLSTM_TRITON_AUTOTUNE=0): fewer compilations")
+    parser.add_argument("--tf32", action="store_true",
+                        help="torch.set_float32_matmul_precision('high'): the float32 Triton products on TF32 "
+                             "tensor cores, as cuDNN's LSTM runs by default (torch.backends.cudnn.allow_tf32)")
+    parser.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated subset of " + ", ".join(DTYPES))
     args = parser.parse_args()
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    if not dtypes or any(d not in DTYPES for d in dtypes):
+        print(f"benchmarks/gpu.py: --dtypes takes a subset of {', '.join(DTYPES)}, got {args.dtypes!r}",
+              file=sys.stderr)
+        return 2
+    if args.tf32:
+        torch.set_float32_matmul_precision("high")
     if args.no_autotune:
         os.environ["URLSTM_TRITON_AUTOTUNE"] = "0"
     if not torch.cuda.is_available():
@@ -157,12 +168,12 @@ def main() -> int:
 
     start = time.perf_counter()
     tasks = [(f"T{T}/B{B}/D{D}/H{H} {dt}", lambda T=T, B=B, D=D, H=H, dt=dt: bench_shape(
-        T, B, D, H, dt, with_python=dt == "float32")) for (T, B, D, H) in SHAPES[:1] for dt in ("float32",)]
+        T, B, D, H, dt, with_python=dt == "float32")) for (T, B, D, H) in SHAPES[:1] for dt in dtypes[:1]]
     if not args.skip_ppo:
         tasks += [(f"ppo {d}", lambda d=d: bench_ppo(d, args.ppo_updates)) for d in ("cuda", "cpu")]
     tasks += [(f"T{T}/B{B}/D{D}/H{H} {dt}", lambda T=T, B=B, D=D, H=H, dt=dt: bench_shape(
-        T, B, D, H, dt, with_python=dt == "float32")) for (T, B, D, H) in SHAPES for dt in DTYPES
-        if (T, B, D, H, dt) != (*SHAPES[0], "float32")]
+        T, B, D, H, dt, with_python=dt == "float32")) for (T, B, D, H) in SHAPES for dt in dtypes
+        if (T, B, D, H, dt) != (*SHAPES[0], dtypes[0])]
     results, skipped, failed = [], [], {}
     for name, task in tasks:
         if time.perf_counter() - start > args.budget_s:
@@ -184,6 +195,7 @@ def main() -> int:
         "load_avg_1m": round(os.getloadavg()[0], 2), "python": platform.python_version(), "torch": torch.__version__,
         "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(), "triton": triton_version,
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
         "triton_autotune": os.environ.get("URLSTM_TRITON_AUTOTUNE", "1") != "0",
         "results": results, "skipped_for_time": skipped, "failed": failed,
         "total_s": round(time.perf_counter() - start, 1),

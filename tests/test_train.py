@@ -183,3 +183,25 @@ def test_end_of_run_hint_names_the_launcher(monkeypatch):
     assert "(continue: python train.py --resume runs/x --total-steps N;" in commands.training_report(s)
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert "(continue: torchrun <the same options> train.py --resume runs/x --total-steps N;" in commands.training_report(s)
+
+
+def test_tf32_sets_the_float32_matmul_precision_on_cuda_only(capsys):
+    import torch
+
+    import train
+    from agents import commands
+    from agents.config import TrainConfig
+
+    before = torch.get_float32_matmul_precision()
+    try:
+        commands.torch_settings(TrainConfig(tf32=True, torch_threads=0), torch.device("cuda"))
+        assert torch.get_float32_matmul_precision() == "high"
+        commands.torch_settings(TrainConfig(torch_threads=0), torch.device("cuda"))
+        assert torch.get_float32_matmul_precision() == "highest"
+        torch.set_float32_matmul_precision("medium")
+        commands.torch_settings(TrainConfig(torch_threads=0), torch.device("cpu"))  # CPU: left alone
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert train.main(["--tf32", "--device", "cpu"]) == 2
+    assert "--tf32 is for CUDA" in capsys.readouterr().err
