@@ -9,7 +9,9 @@ read off them (Gu et al. 2020, section 4.1).
 A comparison is decided by the final success of the seeds: a 95% bootstrap interval of the
 difference of the means (seeds resampled within each cell) above 0 is "yes", below 0 "no"; where
 both cells solve every seed (success >= 0.9) the steps to 0.9 decide (one median 20% below the
-other); anything else is "undecided". ``urlstm`` and ``urgru`` count as ``lstm:UR`` and ``gru:UR``.
+other); anything else is "undecided". A cell with fewer than ``MIN_SEEDS`` finished seeds decides
+nothing ("too few seeds"): one seed has no spread, so its bootstrap interval would be a point.
+``urlstm`` and ``urgru`` count as ``lstm:UR`` and ``gru:UR``.
 The threshold is the report's (``agg["threshold"]``); ``agents/report.py`` draws the tables.
 """
 
@@ -23,6 +25,7 @@ from policies.cores.gates import AUXILIARY, PRIMARY
 from policies.cores.registry import ALIASES, GRID_CELLS
 
 FAMILIES = ("lstm", "gru")
+MIN_SEEDS = 3
 
 
 def cells_of(agg: dict) -> dict[tuple[str, Any, str], dict]:
@@ -44,9 +47,12 @@ def panels(agg: dict) -> list[tuple[str, Any]]:
 
 
 def compare(a: dict | None, b: dict | None, threshold: float, n_boot: int = 10_000, seed: int = 0) -> str:
-    """Does cell ``a`` beat cell ``b``: "yes", "no", "undecided" or "missing" (see the module doc)."""
+    """Does cell ``a`` beat cell ``b``: "yes", "no", "undecided", "too few seeds" or "missing" (see the
+    module doc)."""
     if not a or not b or not a["success"] or not b["success"]:
         return "missing"
+    if min(len(a["success"]), len(b["success"])) < MIN_SEEDS:
+        return "too few seeds"
     xa, xb = np.asarray(a["success"], float), np.asarray(b["success"], float)
     rng = np.random.default_rng(seed)
     diff = (xa[rng.integers(0, xa.size, (n_boot, xa.size))].mean(1)

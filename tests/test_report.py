@@ -145,3 +145,12 @@ def test_several_folders_give_one_table_of_every_core_on_every_task(tmp_path, ca
     assert "| `lstm` | 0.50 [0.50, 0.50] (0/1) | 1.00 [1.00, 1.00] (1/1, 1 unfinished) |" in out
     assert (a / "report.md").exists() and (b / "report.md").exists()
     assert train.main(["report", str(a), str(tmp_path / "missing")]) == 2
+
+
+def test_a_cell_with_one_seed_decides_no_claim():
+    from agents import gate_grid
+
+    one = {"success": [1.0], "steps_to_solve": 100.0}
+    three = {"success": [0.0, 0.5, 0.0], "steps_to_solve": None}
+    assert gate_grid.compare(three, one, 0.9) == "too few seeds"  # a point interval would say "no"
+    assert gate_grid.compare({**one, "success": [1.0, 1.0, 1.0]}, three, 0.9) == "yes"
