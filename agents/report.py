@@ -154,6 +154,15 @@ def sweep_key(folder: str, runs: Sequence[RunResult]) -> str | None:
 # aggregation
 # ---------------------------------------------------------------------------------------------
 
+def asked_runs(meta: dict[str, Any]) -> list[list[Any]]:
+    """The [core, value, seed] of every run a sweep.json asked for: its "runs", or, in a folder written
+    before they were recorded, every core at every value and seed."""
+    if meta.get("runs") is not None:
+        return meta["runs"]
+    return [[c, v, s] for v in meta.get("values", [None]) for s in meta.get("seeds", [])
+            for c in meta.get("cores", [])]
+
+
 def aggregate(runs: Sequence[RunResult], key: str | None, planned: dict | None = None) -> dict:
     """{"cores": [...], "values": [...], "cells": {(core, value): stats}, "horizon": {core: value}}.
 
@@ -165,11 +174,7 @@ def aggregate(runs: Sequence[RunResult], key: str | None, planned: dict | None =
     cores = list(dict.fromkeys([*planned.get("cores", []), *(r.core for r in runs)]))
     seen = {r.env_kwargs.get(key) for r in runs} | set(planned.get("values", [])) if key else {None}
     values = sorted(seen, key=_sort_key)
-    asked = planned.get("runs")
-    if asked is None:  # older folders: every core at every seed
-        asked = [(c, v, s) for v in planned.get("values", [None]) for s in planned.get("seeds", [])
-                 for c in planned.get("cores", [])]
-    n_asked = collections.Counter((c, v if key else None) for c, v, _ in asked)
+    n_asked = collections.Counter((c, v if key else None) for c, v, _ in asked_runs(planned))
     cells = {}
     for core in cores:
         for value in values:

@@ -242,14 +242,16 @@ def _remember(out: str, meta: dict[str, Any], values: Sequence[Any], cores: Sequ
     e.g. 3 seeds of some cores and 1 of others, plan their own runs, not every combination)."""
     file = os.path.join(out, "sweep.json")
     old = read_json(file)
-    runs = [[c, v, s] for v in values for s in seeds for c in cores]
+    from agents.report import asked_runs
+
+    runs = asked_runs({"values": values, "seeds": seeds, "cores": cores})
     if old is not None:
         differ = [k for k in meta if old.get(k) != meta[k]
                   and not (k == "train_flags" and _same_for(old, meta[k]))]
         if differ:
             raise SweepError(f"{out} holds a sweep with other {', '.join(differ)} "
                              f"({', '.join(repr(old.get(k)) for k in differ)}): use another --out")
-        before = old.get("runs") or [[c, v, s] for v in old["values"] for s in old["seeds"] for c in old["cores"]]
+        before = asked_runs(old)
         runs = before + [r for r in runs if r not in before]
         values = old["values"] + [v for v in values if v not in old["values"]]
         cores = old["cores"] + [c for c in cores if c not in old["cores"]]
