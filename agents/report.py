@@ -163,6 +163,14 @@ def asked_runs(meta: dict[str, Any]) -> list[list[Any]]:
             for c in meta.get("cores", [])]
 
 
+def asked_commands(meta: dict[str, Any]) -> list[str]:
+    """The command lines that filled a sweep folder, in order (a folder written before they were all
+    recorded keeps its last one)."""
+    if meta.get("commands") is not None:
+        return meta["commands"]
+    return [meta["command"]] if meta.get("command") else []
+
+
 def aggregate(runs: Sequence[RunResult], key: str | None, planned: dict | None = None) -> dict:
     """{"cores": [...], "values": [...], "cells": {(core, value): stats}, "horizon": {core: value}}.
 
@@ -217,7 +225,7 @@ def _sort_key(v: Any):
 # writing
 # ---------------------------------------------------------------------------------------------
 
-def markdown(agg: dict, runs: Sequence[RunResult], folder: str, command: str | None = None) -> str:
+def markdown(agg: dict, runs: Sequence[RunResult], folder: str, commands: Sequence[str] = ()) -> str:
     key, m = agg["key"], agg["metric"]
     env = runs[0].env if runs else "?"
     tags = sorted({r.curve_tag for r in runs if r.curve_tag})
@@ -229,8 +237,8 @@ def markdown(agg: dict, runs: Sequence[RunResult], folder: str, command: str | N
              f"seeds whose curve ({', '.join(tags) or 'none'}) reached {SOLVED} (k/n seeds). "
              "Gate, timescale: the mean forget gate g and the mean (median) of 1/(1 - g) over units and steps of the last "
              "training minibatch, averaged over seeds.", ""]
-    if command:
-        lines += ["```", command, "```", ""]
+    if commands:
+        lines += ["```", *commands, "```", ""]
     head = ([key] if key else []) + ["core", "seeds", m, "95% CI", "IQM", f"steps to {SOLVED}",
                                      "steps", "SPS", "gate", "timescale (median)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -478,7 +486,7 @@ def write_summary(folder: str, runs: Sequence[RunResult], agg: dict, meta: dict 
     grid_figure(agg, os.path.join(folder, "report_grid.png"))
     md = os.path.join(folder, "report.md")
     with open(md + ".tmp", "w") as f:
-        f.write(markdown(agg, runs, folder, (meta or {}).get("command")))
+        f.write(markdown(agg, runs, folder, asked_commands(meta or {})))
         grid = grid_markdown(agg)  # starts with an empty line: a blank line before it
         if grid:
             f.write("\n".join(grid) + "\n")

@@ -238,13 +238,15 @@ def _remember(out: str, meta: dict[str, Any], values: Sequence[Any], cores: Sequ
               seeds: Sequence[int], command: str | None) -> None:
     """Write OUT/sweep.json: the settings every run shares (a different one needs another --out, except
     train flags that give the runs already there the same flags), the union of the values, cores and
-    seeds asked for so far, and the runs asked for: [core, value, seed] (two commands on one folder,
-    e.g. 3 seeds of some cores and 1 of others, plan their own runs, not every combination)."""
+    seeds asked for so far, the runs asked for: [core, value, seed] (two commands on one folder,
+    e.g. 3 seeds of some cores and 1 of others, plan their own runs, not every combination), and the
+    command lines that asked, in order."""
     file = os.path.join(out, "sweep.json")
     old = read_json(file)
-    from agents.report import asked_runs
+    from agents.report import asked_commands, asked_runs
 
     runs = asked_runs({"values": values, "seeds": seeds, "cores": cores})
+    commands = [command] if command else []
     if old is not None:
         differ = [k for k in meta if old.get(k) != meta[k]
                   and not (k == "train_flags" and _same_for(old, meta[k]))]
@@ -256,8 +258,10 @@ def _remember(out: str, meta: dict[str, Any], values: Sequence[Any], cores: Sequ
         values = old["values"] + [v for v in values if v not in old["values"]]
         cores = old["cores"] + [c for c in cores if c not in old["cores"]]
         seeds = sorted(set(old["seeds"]) | set(seeds))
+        before = asked_commands(old)
+        commands = before + [c for c in commands if c not in before]
     write_json(file, {**meta, "values": list(values), "cores": list(cores), "seeds": list(seeds),
-                      "runs": runs, "command": command})
+                      "runs": runs, "commands": commands})
 
 
 def _same_for(old: dict[str, Any], flags: Sequence[str]) -> bool:

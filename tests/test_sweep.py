@@ -123,16 +123,24 @@ def test_two_commands_on_one_folder_plan_their_own_runs(tmp_path):
 
     out = str(tmp_path)
     meta = {"env": "popgym-RepeatPreviousMedium-v0", "env_kwargs": {}, "sweep_key": None, "train_flags": []}
-    sweep._remember(out, meta, [None], ["urlstm", "lstm"], [1, 2, 3], None)
-    sweep._remember(out, meta, [None], ["mlp", "lstm"], [1], None)  # one seed of a baseline
+    first = "python train.py compare --cores urlstm,lstm --seeds 3"
+    second = "python train.py compare --cores mlp,lstm --seeds 1"
+    sweep._remember(out, meta, [None], ["urlstm", "lstm"], [1, 2, 3], first)
+    sweep._remember(out, meta, [None], ["mlp", "lstm"], [1], second)  # one seed of a baseline
+    sweep._remember(out, meta, [None], ["mlp"], [1], second)  # the same command again (a resume)
     saved = json.loads(open(os.path.join(out, "sweep.json")).read())
+    assert saved["commands"] == [first, second]  # the report shows both, in order
     assert saved["cores"] == ["urlstm", "lstm", "mlp"] and saved["seeds"] == [1, 2, 3]
     assert len(saved["runs"]) == 7 and ["mlp", None, 1] in saved["runs"]
     agg = report.aggregate([], None, planned=saved)
     assert {c: agg["cells"][(c, None)]["planned"] for c in saved["cores"]} == {"urlstm": 3, "lstm": 3, "mlp": 1}
     # a folder written before "runs" existed: every core at every seed, as then
-    legacy = {k: v for k, v in saved.items() if k != "runs"}
+    legacy = {k: v for k, v in saved.items() if k not in ("runs", "commands")}
     assert report.aggregate([], None, planned=legacy)["cells"][("mlp", None)]["planned"] == 3
+    md = report.markdown(report.aggregate([], None, planned=saved), [], out, report.asked_commands(saved))
+    assert md.index(first) < md.index(second)
+    # such a folder recorded only the last command
+    assert report.asked_commands(dict(legacy, command=second)) == [second]
 
 
 def test_the_line_after_each_run_rounds_its_figure(tmp_path):
