@@ -87,7 +87,7 @@ def compact_actions(actions: torch.Tensor) -> torch.Tensor:
 
 def save(run_dir: str, *, cfg, policy, optimizer, global_step: int, update: int, wall_time_s: float,
          carry: Carry, stats, best_success_rate: float | None,
-         action_log: list[torch.Tensor] | None) -> str:
+         action_log: list[torch.Tensor] | None, reward_scale=None) -> str:
     """Write ``run_dir/checkpoint.pt`` atomically (temp file + rename); returns its path."""
     if action_log is not None and len(action_log) > 1:
         action_log[:] = [torch.cat(action_log, 0)]  # keep one growing chunk
@@ -106,6 +106,7 @@ def save(run_dir: str, *, cfg, policy, optimizer, global_step: int, update: int,
         "best_success_rate": best_success_rate,
         "rng": get_rng_state(),
         "actions": action_log[0] if action_log else None,
+        "reward_scale": reward_scale.state_dict() if reward_scale is not None else None,
     }
     target = path(run_dir)
     tmp = None

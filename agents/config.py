@@ -136,6 +136,10 @@ class TrainConfig:
     """Passes over the rollout per update."""
     norm_adv: bool = True
     """Normalise advantages in each minibatch."""
+    norm_reward: bool = False
+    """Divide the rewards the learner sees by the running standard deviation of the discounted
+    return (as Gymnasium's NormalizeReward), for tasks whose returns are far from 1 in size; the
+    logged returns stay the environment's. PPO only."""
     clip_coef: float = 0.2
     """PPO ratio clipping coefficient."""
     clip_vloss: bool = True
@@ -321,6 +325,9 @@ class TrainConfig:
         need(0.0 <= self.vtrace_lambda <= 1.0,
              f"--vtrace-lambda must be in [0, 1], got {self.vtrace_lambda}")
         need(self.actors in ("local", "ray"), f"--actors must be local or ray, got {self.actors!r}")
+        need(not self.norm_reward or self.algo == "ppo",
+             "--norm-reward needs --algo ppo (IMPALA's unrolls arrive out of order: no env's "
+             "return can be followed across them)")
         need(self.actors == "local" or self.algo == "impala",
              "--actors ray needs --algo impala (PPO scales out with torchrun: docs/distributed.md)")
         need(self.ray_address is None or self.actors == "ray", "--ray-address needs --actors ray")

@@ -161,6 +161,17 @@ def mean(x: torch.Tensor) -> torch.Tensor:
     return y / world_size()
 
 
+def total(x: torch.Tensor) -> torch.Tensor:
+    """The sum of a tensor over ranks (the tensor itself without torchrun); a CPU tensor travels
+    through the process group's device."""
+    if world_size() == 1:
+        return x
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else x.device
+    y = x.detach().to(dev).clone()
+    dist.all_reduce(y, op=dist.ReduceOp.SUM)
+    return y.to(x.device)
+
+
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True when ``flag`` is true on any rank (every rank gets the same answer)."""
     if world_size() == 1:

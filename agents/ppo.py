@@ -182,6 +182,8 @@ def train(cfg: TrainConfig, venv, policy: ActorCritic, run_dir: str, device: tor
             run.collected(cfg.batch_size, carry, ro.actions)  # for checkpoints and exact resume
             with run.timing("learn"):
                 policy.train()
+                if run.reward_scale is not None:
+                    ro.rewards.mul_(run.reward_scale.scale(ro.rewards, ro.terminated | ro.truncated))
                 advantages, returns = gae(ro.rewards, ro.values, ro.terminated, ro.truncated,
                                           ro.next_value, ro.final_values, cfg.gamma, cfg.gae_lambda)
                 losses = update(learner, optimizer, ro, advantages, returns, cfg, refresh)

@@ -42,6 +42,7 @@ from agents import distributed
 from agents.config import TrainConfig
 from agents.evaluate import evaluate, finish_run
 from agents.logger import Logger
+from agents.reward_scale import RewardScaler
 from agents.rollout import Carry, EpisodeStats, Timers, initial_carry
 from policies.actor_critic import ActorCritic, obs_zeros
 
@@ -129,8 +130,14 @@ class RunLoop:
             self.global_step, self.update = resume["global_step"], resume["update"]
             self.wall_before, self.best_success = resume["wall_time_s"], resume["best_success_rate"]
             self.stats.load_state_dict(resume["stats"])
+        self.reward_scale = None  # --norm-reward (PPO): the learner's reward scaling
         if venv is not None:
             self.carry = self._start_envs(venv, seed, resume)
+            if cfg.norm_reward:
+                self.reward_scale = RewardScaler(venv.num_envs, cfg.gamma)
+                if resume is not None and resume.get("reward_scale") is not None:
+                    replayed = resume.get("actions") is not None and distributed.world_size() == 1
+                    self.reward_scale.load_state_dict(resume["reward_scale"], keep_returns=replayed)
         if resume is not None:  # after the envs: their replay must not shift the training streams
             ckpt.set_rng_state(resume["rng"])
             if distributed.world_size() > 1:
@@ -266,7 +273,8 @@ class RunLoop:
                          global_step=self.global_step, update=self.update,
                          wall_time_s=self.wall_before + time.perf_counter() - self.start,
                          carry=carry, stats=self.stats, best_success_rate=self.best_success,
-                         action_log=self.action_log if self.record_actions else None)
+                         action_log=self.action_log if self.record_actions else None,
+                         reward_scale=self.reward_scale)
 
     def finish(self, extra: dict | None = None) -> dict:
         """The final checkpoint (unless diverged), evaluation and summary.json (``extra``: the

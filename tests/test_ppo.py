@@ -112,8 +112,9 @@ def _params(run_dir):
     return ckpt.load(run_dir)["model"]
 
 
-def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path):
-    flags = ["--core", "urlstm", "--total-steps", "160", "--eval-episodes", "0"]
+@pytest.mark.parametrize("extra", [[], ["--norm-reward"]], ids=["plain", "norm-reward"])
+def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, extra):
+    flags = ["--core", "urlstm", "--total-steps", "160", "--eval-episodes", "0", *extra]
     code, full = run(tmp_path, *flags, name="full")
     assert code == 0 and full["updates"] == 5
     code, part = run(tmp_path, *flags, name="part", stop=lambda update: update == 2)
