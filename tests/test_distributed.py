@@ -111,7 +111,7 @@ TINY = ["--env-kwargs", "length=3", "--core", "gru", "--num-envs", "4", "--num-s
 
 
 def test_torchrun_two_ranks_one_run_folder_then_resume(tmp_path):
-    p = torchrun(*TINY, "--total-steps", "96", "--logdir", str(tmp_path))
+    p = torchrun(*TINY, "--total-steps", "96", "--norm-reward", "--logdir", str(tmp_path))
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.count("finished: 96 steps") == 1, p.stdout  # rank 0 alone reports
     (run_dir,) = [tmp_path / d for d in os.listdir(tmp_path)]
@@ -121,6 +121,8 @@ def test_torchrun_two_ranks_one_run_folder_then_resume(tmp_path):
     assert summary["status"] == "finished" and summary["total_steps"] == 96
     assert summary["updates"] == 3 and summary["final_eval_episodes"] == 4
     assert (run_dir / "checkpoint.pt").is_file()
+    # --norm-reward's moments count the returns of both ranks' envs: 96 steps in all
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["reward_scale"]["count"] == 96
 
     p = torchrun("--resume", str(run_dir), "--total-steps", "160")
     assert p.returncode == 0, p.stderr[-3000:]
