@@ -156,9 +156,7 @@ def mean(x: torch.Tensor) -> torch.Tensor:
     """The average of a tensor over ranks (the tensor itself without torchrun)."""
     if world_size() == 1:
         return x
-    y = x.detach().clone()
-    dist.all_reduce(y, op=dist.ReduceOp.SUM)
-    return y / world_size()
+    return total(x) / world_size()
 
 
 def total(x: torch.Tensor) -> torch.Tensor:

@@ -253,15 +253,17 @@ def _remember(out: str, meta: dict[str, Any], values: Sequence[Any], cores: Sequ
         if differ:
             raise SweepError(f"{out} holds a sweep with other {', '.join(differ)} "
                              f"({', '.join(repr(old.get(k)) for k in differ)}): use another --out")
-        before = asked_runs(old)
-        runs = before + [r for r in runs if r not in before]
-        values = old["values"] + [v for v in values if v not in old["values"]]
-        cores = old["cores"] + [c for c in cores if c not in old["cores"]]
+        runs = _union(asked_runs(old), runs)
+        values, cores = _union(old["values"], values), _union(old["cores"], cores)
         seeds = sorted(set(old["seeds"]) | set(seeds))
-        before = asked_commands(old)
-        commands = before + [c for c in commands if c not in before]
+        commands = _union(asked_commands(old), commands)
     write_json(file, {**meta, "values": list(values), "cores": list(cores), "seeds": list(seeds),
                       "runs": runs, "commands": commands})
+
+
+def _union(first: Sequence[Any], then: Sequence[Any]) -> list[Any]:
+    """``first``, then the items of ``then`` not in it, in order (lists of unhashable items too)."""
+    return list(first) + [x for x in then if x not in first]
 
 
 def _same_for(old: dict[str, Any], flags: Sequence[str]) -> bool:
